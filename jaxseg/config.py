@@ -1,0 +1,170 @@
+"""Experiment configs: Python files in `experiments/` whose `get_config(profile)` returns a ConfigDict.
+
+`profile` is 'paper' when the user gives real data (`--data-dir`), 'cpu' for the built-in
+synthetic phantom with a budget that finishes in minutes on a laptop-class CPU.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+import json
+import pathlib
+
+import ml_collections
+
+from jaxseg.errors import ConfigError
+
+EXPERIMENTS_DIR = pathlib.Path(__file__).resolve().parent.parent / 'experiments'
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """Defaults shared by every experiment: the SSL4MIS ACDC protocol."""
+  c = ml_collections.ConfigDict()
+  c.experiment = ''
+  c.seed = 0
+  c.num_classes = 4
+  c.class_names = ('RV', 'MYO', 'LV')
+  c.steps = 30_000
+
+  c.data = ml_collections.ConfigDict()
+  c.data.dir = ''  # empty: the built-in synthetic phantom
+  c.data.labeled_num = 7  # patients (ACDC) or volumes (synthetic); SSL4MIS 7 = 136 slices
+  c.data.image_size = 256
+  c.data.labeled_batch = 12
+  c.data.unlabeled_batch = 12
+  c.data.rotate_degrees = 20.0
+  c.data.crop_size = 0  # 0: no crop after resizing
+  c.data.strong_ops = ()  # SSL4MIS mean teacher perturbs with input noise instead (see losses)
+  c.data.read_threads = 4
+  c.data.synthetic = ml_collections.ConfigDict(
+      dict(num_train=40, num_val=8, num_test=8, num_slices=8, size=128))
+
+  c.model = ml_collections.ConfigDict()
+  c.model.name = 'unet'
+  c.model.channels = (16, 32, 64, 128, 256)
+  c.model.dropout = (0.05, 0.1, 0.2, 0.3, 0.5)
+  c.model.norm = 'batch'
+
+  c.optimizer = ml_collections.ConfigDict()
+  c.optimizer.name = 'sgd'  # 'sgd' (SSL4MIS) or 'adam' (PLGCL)
+  c.optimizer.lr = 0.01
+  c.optimizer.momentum = 0.9
+  c.optimizer.weight_decay = 1e-4
+  c.optimizer.schedule = 'poly'  # 'poly' (power 0.9 to zero at `steps`) or 'constant'
+  c.optimizer.poly_power = 0.9
+
+  # Loss terms summed by the train step, by registry name (jaxseg/training/objectives.py).
+  c.losses = ('supervised',)
+  c.supervised = ml_collections.ConfigDict(dict(kind='ce_dice'))
+  c.mean_teacher = ml_collections.ConfigDict(dict(
+      consistency='mse',  # 'mse' of softmax (SSL4MIS), 'ce' soft or 'ce_hard' (PLGCL eq. 6)
+      weight=0.1,
+      rampup_length=30_000,  # steps; SSL4MIS: 200 'epochs' of 150 iterations
+      rampup_interval=150,  # SSL4MIS advances the ramp every 150 iterations
+      start_step=1_000,  # SSL4MIS: no consistency at all before iteration 1,000
+      teacher_noise=0.1,  # SSL4MIS: teacher input + clip(N(0, 0.1), -0.2, 0.2)
+      teacher_noise_clip=0.2,
+  ))
+  c.ema = ml_collections.ConfigDict(dict(rule='ssl4mis', decay=0.99))  # or rule='fixed'
+
+  c.eval = ml_collections.ConfigDict(dict(
+      every=200, patch_size=256, interp_order=0, empty='nan', batch_size=32,
+      units='voxels'))  # 'voxels' as SSL4MIS, or 'mm' when the data has spacing
+  c.checkpoint = ml_collections.ConfigDict(dict(every=1000, keep=2))
+  c.log_every = 10
+  c.mesh = ml_collections.ConfigDict(dict(num_devices=0))  # 0: all local devices
+  return c
+
+
+def find_experiment(name: str) -> pathlib.Path:
+  path = pathlib.Path(name)
+  if path.suffix == '.py' and path.exists():
+    return path
+  path = EXPERIMENTS_DIR / f'{name}.py'
+  if not path.exists():
+    known = ', '.join(list_experiments())
+    raise ConfigError(f'unknown experiment {name!r}; known: {known}')
+  return path
+
+
+def list_experiments() -> list[str]:
+  return sorted(p.stem for p in EXPERIMENTS_DIR.glob('*.py') if not p.stem.startswith('_'))
+
+
+def load_experiment(name: str, profile: str) -> ml_collections.ConfigDict:
+  """Imports `experiments/<name>.py` and returns its `get_config(profile)`."""
+  path = find_experiment(name)
+  spec = importlib.util.spec_from_file_location(f'jaxseg_experiment_{path.stem}', path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config(profile)
+  config.experiment = path.stem
+  return config
+
+
+def apply_overrides(config: ml_collections.ConfigDict, overrides: list[str]) -> None:
+  """Applies `key.sub=value` strings; the value is parsed as a Python literal when it is one."""
+  for item in overrides:
+    key, sep, raw = item.partition('=')
+    if not sep:
+      raise ConfigError(f'--set {item!r}: expected key=value')
+    try:
+      value = ast.literal_eval(raw)
+    except (ValueError, SyntaxError):
+      value = raw
+    node = config
+    *parents, leaf = key.split('.')
+    for part in parents:
+      if part not in node or not isinstance(node[part], ml_collections.ConfigDict):
+        raise ConfigError(f'--set {key}: unknown config key {part!r}')
+      node = node[part]
+    if leaf not in node:
+      raise ConfigError(f'--set {key}: unknown config key; keys here: {", ".join(sorted(node.keys()))}')
+    old = node[leaf]
+    if isinstance(old, tuple) and isinstance(value, list):
+      value = tuple(value)
+    if isinstance(old, float) and isinstance(value, int):
+      value = float(value)
+    if old is not None and value is not None and type(old) is not type(value):
+      raise ConfigError(f'--set {key}={raw}: expected {type(old).__name__}, got {type(value).__name__}')
+    with config.unlocked():
+      node[leaf] = value
+
+
+def to_json(config: ml_collections.ConfigDict) -> str:
+  return json.dumps(config.to_dict(), indent=2, sort_keys=True, default=list)
+
+
+def from_json(text: str) -> ml_collections.ConfigDict:
+  def tuples(obj):
+    if isinstance(obj, dict):
+      return {k: tuples(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+      return tuple(tuples(v) for v in obj)
+    return obj
+  return ml_collections.ConfigDict(tuples(json.loads(text)))
+
+
+def cpu_profile(config: ml_collections.ConfigDict, steps: int = 1500) -> ml_collections.ConfigDict:
+  """Scales the paper protocol to the synthetic phantom on a 2-core CPU (about 10 minutes).
+
+  Images are the phantom's 128x128, batches 8 labeled + 8 unlabeled, and every step-counted
+  schedule (ramp-up, consistency start, validation) shrinks with the step budget by the same
+  factor, so the run has the paper's shape at a smaller scale.
+  """
+  scale = steps / config.steps
+  config.steps = steps
+  config.data.dir = ''
+  config.data.labeled_num = 4  # of 40 phantom volumes: 10%, as ACDC's 7 of 70 patients
+  config.data.image_size = 128
+  config.data.labeled_batch = 8
+  config.data.unlabeled_batch = 8
+  config.data.read_threads = 2
+  config.mean_teacher.rampup_length = int(config.mean_teacher.rampup_length * scale)
+  config.mean_teacher.rampup_interval = max(1, int(config.mean_teacher.rampup_interval * scale))
+  config.mean_teacher.start_step = int(config.mean_teacher.start_step * scale)
+  config.eval.every = 250
+  config.eval.patch_size = 128
+  config.checkpoint.every = 250
+  return config

@@ -1,0 +1,97 @@
+"""Random-access sources of 2D training slices and of 3D evaluation volumes.
+
+Sources satisfy Grain's RandomAccessDataSource protocol (`__len__`, `__getitem__`) and return
+`{'image': float32 (H, W), 'label': uint8 (H, W)}`; unlabeled sources omit 'label'. Files are read
+lazily, one per access, and every read is checked (readers.py), so a bad file is named when it
+is first touched.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Callable, Sequence
+
+import numpy as np
+
+from jaxseg.data import readers
+from jaxseg.data.volume import Volume
+
+
+class H5SliceSource:
+  """SSL4MIS 2D slices `data/slices/<name>.h5`."""
+
+  def __init__(self, paths: Sequence[str], num_classes: int, with_label: bool):
+    self.paths = list(paths)
+    self.num_classes = num_classes
+    self.with_label = with_label
+
+  def __len__(self) -> int:
+    return len(self.paths)
+
+  def __getitem__(self, index: int) -> dict[str, np.ndarray]:
+    image, label = readers.read_h5(self.paths[index], num_classes=self.num_classes,
+                                   require_label=self.with_label)
+    if image.ndim != 2:
+      raise readers.DataError(f'{self.paths[index]}: expected a 2D slice, got shape {image.shape}')
+    return {'image': image, 'label': label} if self.with_label else {'image': image}
+
+
+class VolumeSliceSource:
+  """Every slice along axis 0 of in-memory volumes (NIfTI layout, synthetic phantom)."""
+
+  def __init__(self, volumes: Sequence[Volume], with_label: bool):
+    self.volumes = list(volumes)
+    self.with_label = with_label
+    self.index = [(v, s) for v, vol in enumerate(self.volumes) for s in range(vol.num_slices)]
+
+  def __len__(self) -> int:
+    return len(self.index)
+
+  def __getitem__(self, index: int) -> dict[str, np.ndarray]:
+    v, s = self.index[index]
+    volume = self.volumes[v]
+    element = {'image': volume.image[s]}
+    if self.with_label:
+      element['label'] = volume.label[s]
+    return element
+
+
+class LazyVolumes(Sequence[Volume]):
+  """Volumes loaded on access by `load(name)`, so evaluation holds one volume at a time."""
+
+  def __init__(self, names: Sequence[str], load: Callable[[str], Volume]):
+    self.names = list(names)
+    self._load = load
+
+  def __len__(self) -> int:
+    return len(self.names)
+
+  def __getitem__(self, index):
+    if isinstance(index, slice):
+      return [self[i] for i in range(*index.indices(len(self)))]
+    return self._load(self.names[index])
+
+
+@dataclasses.dataclass
+class SegmentationData:
+  """What a training run needs from a dataset.
+
+  `splits` maps 'val' (and 'test' when available) to evaluation volumes.
+  """
+
+  layout: str
+  labeled: H5SliceSource | VolumeSliceSource
+  unlabeled: H5SliceSource | VolumeSliceSource
+  splits: dict[str, Sequence[Volume]]
+  description: str
+
+
+def h5_volume_loader(data_dir: str, num_classes: int) -> Callable[[str], Volume]:
+  def load(name: str) -> Volume:
+    path = os.path.join(data_dir, 'data', f'{name}.h5')
+    image, label = readers.read_h5(path, num_classes=num_classes, require_label=True)
+    if image.ndim != 3:
+      raise readers.DataError(f'{path}: expected a 3D volume (D, H, W), got shape {image.shape}')
+    return Volume(name=name, image=image, label=label, path=path)
+  return load

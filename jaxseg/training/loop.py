@@ -1,0 +1,165 @@
+"""`train_and_evaluate`: the one training loop, importable and tested; `jaxseg.run` only parses.
+
+The loop feeds paired labeled/unlabeled batches to the jitted train step, logs metrics, validates
+every `eval.every` steps keeping the best checkpoint by mean validation Dice, saves the latest
+state with the data iterators' positions for `--resume`, and ends with a per-class table of the
+best checkpoint on the validation (and, when present, test) volumes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+import tqdm
+
+from jaxseg import config as config_lib
+from jaxseg.data import datasets, pipeline
+from jaxseg.errors import ConfigError, TrainingDiverged
+from jaxseg.evaluation import inference, metrics as metrics_lib
+from jaxseg.models import build_model
+from jaxseg.training import checkpoint, objectives, schedules, step as step_lib
+from jaxseg.training.logging import MetricsWriter
+
+
+def prepare_workdir(workdir: str, resume: bool) -> None:
+  exists = os.path.isdir(workdir) and bool(os.listdir(workdir))
+  if resume and not exists:
+    raise ConfigError(f'{workdir}: nothing to resume (no run directory there)')
+  if not resume and exists:
+    raise ConfigError(f'{workdir}: run directory already exists and is not empty; pass --resume '
+                      'to continue it or choose another --workdir (nothing was changed)')
+  os.makedirs(workdir, exist_ok=True)
+
+
+def make_logits_fn(model):
+  """Evaluation forward pass: running batch statistics, no dropout."""
+  apply = jax.jit(lambda variables, x: model.apply(variables, x, train=False)['logits'])
+  return lambda state: (lambda x: apply(
+      {'params': state.params, 'batch_stats': state.batch_stats}, x))
+
+
+def evaluate_split(logits_fn, volumes, config, progress: bool = True):
+  e = config.eval
+  return inference.evaluate_volumes(
+      logits_fn, volumes, num_classes=config.num_classes, patch_size=e.patch_size,
+      interp_order=e.interp_order, batch_size=e.batch_size, units=e.units, empty=e.empty,
+      progress=progress)
+
+
+def _truncate_metrics(workdir: str, last_step: int) -> None:
+  """After a resume, forget training logs written past the restored checkpoint."""
+  path = os.path.join(workdir, 'metrics.jsonl')
+  if not os.path.exists(path):
+    return
+  with open(path) as f:
+    lines = [l for l in f if l.strip() and json.loads(l)['step'] <= last_step]
+  with open(path, 'w') as f:
+    f.writelines(lines)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, resume: bool = False,
+                       progress: bool = True) -> dict[str, Any]:
+  """Trains `config` in `workdir`; returns the final results (also saved as results.json)."""
+  objectives.resolve(tuple(config.losses))  # unknown loss names fail before any work
+  data = datasets.load_data(config)  # bad data fails before the run directory is touched
+  prepare_workdir(workdir, resume)
+  if resume:
+    saved = config_lib.from_json(open(os.path.join(workdir, 'config.json')).read())
+    saved.steps = config.steps  # the one thing a resume may change: train longer
+    config = saved
+  with open(os.path.join(workdir, 'config.json'), 'w') as f:
+    f.write(config_lib.to_json(config))
+  print(data.description, flush=True)
+
+  model = build_model(config)
+  tx = schedules.optimizer(config)
+  train_step = step_lib.make_train_step(model, tx, config)
+  mesh = step_lib.make_mesh(config.mesh.num_devices)
+  step_lib.check_batch_divisible(config, mesh, train_step.needs_unlabeled)
+  jitted_step = step_lib.jit_train_step(train_step, mesh)
+  state = step_lib.replicate(step_lib.init_state(model, tx, config), mesh)
+  iterator = pipeline.make_train_iterator(data, config, train_step.needs_unlabeled)
+  ckpts = checkpoint.Checkpoints(workdir, keep=config.checkpoint.keep)
+  best = {'dice': -math.inf, 'step': 0}
+  if resume:
+    state, data_state, meta = ckpts.restore('latest', state)
+    iterator.set_state(data_state)
+    best = meta['best']
+    _truncate_metrics(workdir, int(state.step))
+    print(f'resumed from step {int(state.step)} of {config.steps}', flush=True)
+  writer = MetricsWriter(workdir)
+  logits_fn = make_logits_fn(model)
+  start_step = int(state.step)
+  t0 = time.time()
+
+  bar = tqdm.tqdm(total=config.steps, initial=start_step, desc=config.experiment or 'train',
+                  unit='step', disable=not progress, dynamic_ncols=True)
+  try:
+    for step in range(start_step + 1, config.steps + 1):
+      labeled, unlabeled = next(iterator)
+      state, metrics = jitted_step(state, step_lib.shard_batch(labeled, mesh),
+                                   step_lib.shard_batch(unlabeled, mesh))
+      metrics = jax.device_get(metrics)
+      if not np.isfinite(metrics['loss']):
+        last = ckpts.latest_step()
+        raise TrainingDiverged(
+            f'{workdir}: loss became {float(metrics["loss"])} at step {step}; training stopped, '
+            f'the last good checkpoint (step {last}) is kept')
+      if step % config.log_every == 0 or step == config.steps:
+        writer.write(step, metrics)
+      bar.set_postfix(loss=f'{float(metrics["loss"]):.4f}', best_dice=f'{max(best["dice"], 0):.4f}')
+      bar.update(1)
+
+      if step % config.eval.every == 0 or step == config.steps:
+        _, summary = evaluate_split(logits_fn(state), data.splits['val'], config, progress)
+        mean_dice = float(np.nanmean(summary['dice']['mean']))
+        writer.write(step, metrics_lib.flat_scalars(summary, config.class_names), prefix='val')
+        if mean_dice > best['dice']:
+          best = {'dice': mean_dice, 'step': step}
+          ckpts.save('best', step, state, None, {'step': step, 'best': best})
+      if step % config.checkpoint.every == 0 or step == config.steps:
+        ckpts.save('latest', step, state, iterator.get_state(), {'step': step, 'best': best})
+  finally:
+    bar.close()
+    writer.close()
+  wall = time.time() - t0
+
+  results = final_report(model, ckpts, state, data, config, workdir, progress)
+  results.update(steps=config.steps, train_wall_seconds=wall, resumed_from=start_step)
+  with open(os.path.join(workdir, 'results.json'), 'w') as f:
+    json.dump(results, f, indent=2, default=jsonable)
+  ckpts.close()
+  return results
+
+
+def final_report(model, ckpts, state, data, config, workdir: str, progress: bool) -> dict:
+  """Evaluates the best checkpoint on every split; prints and saves the per-class tables."""
+  best_state, _, meta = ckpts.restore('best', state)
+  logits_fn = make_logits_fn(model)(best_state)
+  results = {'best_step': meta['step'], 'splits': {}}
+  lines = [f'# {config.experiment}: best checkpoint, step {meta["step"]}', '']
+  for split, volumes in data.splits.items():
+    per_volume, summary = evaluate_split(logits_fn, volumes, config, progress)
+    table = metrics_lib.format_table(summary, config.class_names, units=config.eval.units)
+    lines += [f'## {split} ({len(volumes)} volumes)', '', table, '']
+    results['splits'][split] = {'summary': summary, 'per_volume': per_volume}
+  text = '\n'.join(lines)
+  print(text, flush=True)
+  with open(os.path.join(workdir, 'results.md'), 'w') as f:
+    f.write(text + '\n')
+  return results
+
+
+def jsonable(obj):
+  if isinstance(obj, np.ndarray):
+    return [None if (isinstance(v, float) and math.isnan(v)) else v for v in obj.tolist()]
+  if isinstance(obj, (np.floating, np.integer)):
+    return obj.item()
+  raise TypeError(f'not JSON serializable: {type(obj)}')

@@ -1,0 +1,165 @@
+"""The train state and the one train step every method shares.
+
+`train_step(state, labeled, unlabeled) -> (state, metrics)` is jit-compiled once under a
+`jax.sharding` mesh: batches are split over the 'data' axis, the state is replicated, and the
+state is donated so its buffers are reused. Batch-norm statistics are computed by XLA over the
+global batch, so the result does not depend on the number of devices.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import flax.struct
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from jaxseg.errors import ConfigError
+from jaxseg.training import objectives, schedules
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array
+  params: Any
+  batch_stats: Any
+  teacher_params: Any  # EMA of the student's parameters, updated inside the step
+  teacher_batch_stats: Any  # the teacher's own running statistics (SSL4MIS keeps them so)
+  opt_state: Any
+  rng: jax.Array
+
+
+def init_state(model: nn.Module, tx: optax.GradientTransformation, config) -> TrainState:
+  size = config.data.image_size
+  rng = jax.random.PRNGKey(config.seed)
+  init_rng, state_rng = jax.random.split(rng)
+  variables = model.init(init_rng, jnp.zeros((1, size, size, 1), jnp.float32), train=False)
+  params, batch_stats = variables['params'], variables.get('batch_stats', {})
+  # Separate buffers for the teacher: the state is donated, and one buffer cannot be donated twice.
+  copy = lambda tree: jax.tree.map(jnp.copy, tree)
+  return TrainState(
+      step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
+      teacher_params=copy(params), teacher_batch_stats=copy(batch_stats),
+      opt_state=tx.init(params),
+      rng=state_rng)
+
+
+def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
+                    config: ml_collections.ConfigDict):
+  """Returns the pure (not yet jitted) train step for the configured loss terms."""
+  terms = objectives.resolve(tuple(config.losses))
+  needs_unlabeled = any(t.needs_unlabeled for t in terms)
+  needs_teacher = any(t.needs_teacher for t in terms)
+  mt = config.mean_teacher
+
+  def train_step(state: TrainState, labeled, unlabeled):
+    rng = jax.random.fold_in(state.rng, state.step)
+    student_rng, teacher_rng, noise_rng = jax.random.split(rng, 3)
+    num_labeled = labeled['image'].shape[0]
+
+    teacher_out, teacher_batch_stats = None, state.teacher_batch_stats
+    if needs_teacher:
+      teacher_in = unlabeled['image_weak']
+      if mt.teacher_noise > 0:
+        noise = jnp.clip(mt.teacher_noise * jax.random.normal(noise_rng, teacher_in.shape),
+                         -mt.teacher_noise_clip, mt.teacher_noise_clip)
+        teacher_in = teacher_in + noise
+      # SSL4MIS leaves the teacher in train mode: batch statistics and dropout.
+      teacher_out, teacher_vars = model.apply(
+          {'params': state.teacher_params, 'batch_stats': state.teacher_batch_stats},
+          teacher_in[..., None], train=True, mutable=['batch_stats'],
+          rngs={'dropout': teacher_rng})
+      teacher_out = jax.lax.stop_gradient(teacher_out)
+      teacher_batch_stats = teacher_vars['batch_stats']
+
+    images = labeled['image']
+    if needs_unlabeled:
+      # One forward over labeled + unlabeled, as SSL4MIS: batch norm sees both.
+      images = jnp.concatenate([images, unlabeled['image_strong']], axis=0)
+
+    def loss_fn(params):
+      outputs, new_vars = model.apply(
+          {'params': params, 'batch_stats': state.batch_stats}, images[..., None], train=True,
+          mutable=['batch_stats'], rngs={'dropout': student_rng})
+      split = lambda tree, part: jax.tree.map(
+          lambda x: x[:num_labeled] if part == 0 else x[num_labeled:], tree)
+      out = objectives.StepOutputs(
+          labeled=labeled, unlabeled=unlabeled,
+          student_labeled=split(outputs, 0),
+          student_unlabeled=split(outputs, 1) if needs_unlabeled else None,
+          teacher_unlabeled=teacher_out, step=state.step)
+      total, metrics = jnp.zeros((), jnp.float32), {}
+      for term in terms:
+        value, term_metrics = term.fn(out, config)
+        total = total + value
+        metrics.update(term_metrics)
+      metrics['loss'] = total
+      return total, (metrics, new_vars['batch_stats'])
+
+    grads, (metrics, batch_stats) = jax.grad(loss_fn, has_aux=True)(state.params)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    alpha = schedules.ema_decay(state.step, config)
+    teacher_params = optax.incremental_update(params, state.teacher_params, 1.0 - alpha)
+    metrics['ema_decay'] = alpha
+    metrics['lr'] = schedules.learning_rate(config)(state.step)
+    metrics['grad_norm'] = optax.global_norm(grads)
+    new_state = state.replace(
+        step=state.step + 1, params=params, batch_stats=batch_stats,
+        teacher_params=teacher_params, teacher_batch_stats=teacher_batch_stats,
+        opt_state=opt_state)
+    return new_state, metrics
+
+  train_step.needs_unlabeled = needs_unlabeled
+  return train_step
+
+
+# ---------------------------------------------------------------------------------------------
+# Sharding.
+
+
+def make_mesh(num_devices: int = 0) -> Mesh:
+  available = jax.device_count()
+  n = num_devices or available
+  if n > available:
+    raise ConfigError(f'mesh.num_devices: asked for {n} devices, {available} available')
+  # Auto axes: XLA propagates the batch sharding through the model (explicit-sharding mode would
+  # make every op, e.g. dropout's random mask, state its sharding).
+  return jax.make_mesh((n,), ('data',), axis_types=(jax.sharding.AxisType.Auto,),
+                       devices=jax.devices()[:n])
+
+
+def check_batch_divisible(config, mesh: Mesh, with_unlabeled: bool) -> None:
+  n = mesh.shape['data']
+  sizes = {'data.labeled_batch': config.data.labeled_batch}
+  if with_unlabeled:
+    sizes['data.unlabeled_batch'] = config.data.unlabeled_batch
+  for key, size in sizes.items():
+    if size % n:
+      raise ConfigError(f'{key}={size} must be divisible by the {n} devices of the mesh '
+                        '(or set mesh.num_devices)')
+
+
+def jit_train_step(train_step, mesh: Mesh):
+  # State replicated on every device; batches split along their first axis over 'data'.
+  replicated = NamedSharding(mesh, P())
+  batch = NamedSharding(mesh, P('data'))
+  return jax.jit(train_step, in_shardings=(replicated, batch, batch),
+                 out_shardings=(replicated, replicated), donate_argnums=0)
+
+
+def shard_batch(batch, mesh: Mesh):
+  """Places a host batch (numpy) on the mesh, split over 'data'."""
+  if batch is None:
+    return None
+  sharding = NamedSharding(mesh, P('data'))
+  return jax.tree.map(lambda x: jax.device_put(np.asarray(x), sharding), batch)
+
+
+def replicate(tree, mesh: Mesh):
+  return jax.device_put(tree, NamedSharding(mesh, P()))
