@@ -6,7 +6,9 @@ cardiac phase, chamber size and shape, wall thickness, position, orientation), i
 (chest wall, lungs, liver, stomach, aorta, spine, pericardial fat) and its own acquisition
 (contrast, bias field, blur, noise level), so that a segmenter has to learn shape and context
 rather than an intensity threshold. Labels are the exact geometric regions sampled at pixel
-centres; only the image is blurred and corrupted.
+centres; only the image is blurred and corrupted. By construction every LV pixel's 4-neighbours
+are LV or MYO, and at size >= 64 slices num_slices // 4 to num_slices // 2 hold all four classes;
+toward the apex the RV disappears first, then the LV cavity, and the last slice may be empty.
 """
 
 from __future__ import annotations
@@ -177,8 +179,8 @@ def _render(rng: np.random.Generator, depth: int, size: int,
   group, r_rng, t_rng, w_rng, c_rng = _GROUPS[int(rng.integers(len(_GROUPS)))]
   r0, t0, w0 = u01(*r_rng), u01(*t_rng), u01(*w_rng)
   if u01() < 0.5:  # end-systole: smaller cavity, thicker wall, smaller RV
-    c = u01(*c_rng)
-    r0, t0, w0 = r0 * c, t0 * (1.0 + 1.2 * (1.0 - c)), w0 * (0.6 + 0.4 * c)
+    k = u01(*c_rng)
+    r0, t0, w0 = r0 * k, t0 * (1.0 + 1.2 * (1.0 - k)), w0 * (0.6 + 0.4 * k)
   ecc, phi = u01(1.0, 1.3), u01(0, 2 * np.pi)
   e3, p3 = u01(0.0, 0.05), u01(0, 2 * np.pi)
   a1, p1, a2, p2 = u01(0.0, 0.25), u01(0, 2 * np.pi), u01(0.0, 0.12), u01(0, 2 * np.pi)
@@ -191,7 +193,7 @@ def _render(rng: np.random.Generator, depth: int, size: int,
 
   # Base-to-apex coverage: where the stack starts and where each structure ends.
   base = u01(-0.08, 0.04)
-  apex_epi = u01(0.88, 1.1)
+  apex_epi = u01(0.92, 1.2)
   apex_endo = apex_epi - u01(0.08, 0.16)
   apex_rv = base + (apex_epi - base) * u01(0.75, 0.9)
   power = u01(2.0, 3.0)
@@ -226,15 +228,16 @@ def _render(rng: np.random.Generator, depth: int, size: int,
 
   # RV: a crescent on the LV epicardium centred on direction theta, sharing the septal wall.
   cd, sd = _cos_shift(c, s, theta), _cos_shift(s, -c, theta)  # cos, sin of (angle - theta)
-  span = np.where(sd >= 0, f32(span_p), f32(span_m))
-  x_rv = (1.0 - cd) / (1.0 - np.cos(span))
+  upper = sd >= 0
+  x_rv = (1.0 - cd) / np.where(upper, f32(1.0 - np.cos(span_p)), f32(1.0 - np.cos(span_m)))
   width = (w0 * s_rv).astype(f32)
   has_rv = width > 1.5 * sxy
   r_rv = r_epi + width * np.clip(1.0 - x_rv, 0.0, None) ** gamma
   rv = (rho < r_rv) & (x_rv < 1.0) & ~epi & has_rv
   # Free wall: same crescent over a slightly wider arc, thicker by the wall; labelled background.
-  span_w = span + f32(rv_wall / (r0 + t0))
-  x_w = (1.0 - cd) / (1.0 - np.cos(span_w))
+  dw = rv_wall / (r0 + t0)
+  x_w = (1.0 - cd) / np.where(upper, f32(1.0 - np.cos(span_p + dw)),
+                              f32(1.0 - np.cos(span_m + dw)))
   r_rvw = r_epi + width * np.clip(1.0 - x_w, 0.0, None) ** gamma + f32(rv_wall)
   rv_outer = (rho < r_rvw) & (x_w < 1.0) & has_rv
 
@@ -250,14 +253,15 @@ def _render(rng: np.random.Generator, depth: int, size: int,
   for sign in (-1.0, 1.0):
     ang = theta + np.pi + sign * np.deg2rad(u01(35.0, 60.0))
     rad = (u01(0.55, 0.7) * r0) * s_endo
-    pr = u01(2.5, 4.5) * s_endo
+    pr = (u01(2.5, 4.5) * min(1.0, r0 / 20.0)) * s_endo  # small cavities, small muscles
     pap |= (((du - rad * f32(np.cos(ang))) ** 2 + (dv - rad * f32(np.sin(ang))) ** 2 < pr * pr)
             & (s_endo > 0.45))
   pap &= lv
 
   # Epicardial fat: bright, thickest in the grooves where the RV meets the LV.
   fa = (u01(2.0, 7.0) * (_bump(c, s, theta + span_p, 0.35) + _bump(c, s, theta - span_m, 0.35))
-        + u01(0.0, 4.0) * np.clip(_cos_shift(c2, s2, u01(0, 2 * np.pi)), 0.0, None) ** 3 + 1.0)
+        + u01(0.0, 4.0) * np.clip(_cos_shift(c2, s2, u01(0, 2 * np.pi)), 0.0, None) ** 3
+        + u01(0.0, 1.5))
   fat_peri = ((rho < r_epi + fa * s_epi) | ((rho < r_rvw + fa) & (x_w < 1.0) & has_rv)) & ~heart
 
   # --- Surroundings, placed relative to the heart size.
@@ -338,11 +342,11 @@ def _render(rng: np.random.Generator, depth: int, size: int,
 
   # Smooth multiplicative coil bias: low-order polynomial plus a surface-coil hot spot.
   gx, gy = xx / f32(half), yy / f32(half)
-  cb = rng.normal(0.0, u01(0.1, 0.35), size=6).astype(f32)
+  cb = rng.normal(0.0, u01(0.05, 0.25), size=6).astype(f32)
   log_bias = (cb[0] * gx + cb[1] * gy + cb[2] * gx * gx + cb[3] * gy * gy + cb[4] * gx * gy
               + cb[5] * (2 * tz - 1))
   hx, hy = u01(-1.0, 1.0), u01(-1.2, 0.0)
-  log_bias = log_bias + f32(u01(0.0, 0.5)) * np.exp(-((gx - hx) ** 2 + (gy - hy) ** 2) / 0.5)
+  log_bias = log_bias + f32(u01(0.0, 0.35)) * np.exp(-((gx - hx) ** 2 + (gy - hy) ** 2) / 0.5)
   img *= np.exp(log_bias)
 
   # Rician noise: magnitude of the signal plus complex Gaussian noise.
@@ -350,8 +354,9 @@ def _render(rng: np.random.Generator, depth: int, size: int,
   noise = rng.standard_normal((2,) + shape, dtype=f32) * sigma
   img = np.sqrt((img + noise[0]) ** 2 + noise[1] ** 2)
 
-  lo, hi = img.min(), img.max()
-  image = ((img - lo) / max(hi - lo, 1e-12)).astype(np.float32)
+  # Min-max to [0, 1], with the top 0.2% clipped so that one hot voxel cannot dim the volume.
+  lo, hi = img.min(), np.percentile(img, 99.8)
+  image = np.clip((img - lo) / max(hi - lo, 1e-12), 0.0, 1.0).astype(np.float32)
   label = np.zeros(shape, dtype=np.uint8)
   label[rv] = RV
   label[myo] = MYO

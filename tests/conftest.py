@@ -1,0 +1,40 @@
+"""Shared test set-up: a persistent XLA cache so identical programs compile once per session."""
+
+import os
+import tempfile
+
+import jax
+import pytest
+
+jax.config.update('jax_compilation_cache_dir',
+                  os.environ.get('JAXSEG_TEST_CACHE', os.path.join(tempfile.gettempdir(),
+                                                                   'jaxseg-test-xla-cache')))
+jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.2)
+
+ACDC_DIR = os.path.join(os.path.dirname(__file__), '..', '..', 'shared', 'data', 'ACDC')
+
+
+@pytest.fixture
+def acdc_dir():
+  """The real ACDC data beside the checkout (../shared/data/ACDC), or skip."""
+  if not os.path.exists(os.path.join(ACDC_DIR, 'train_slices.list')):
+    pytest.skip('real ACDC data not found at ../shared/data/ACDC')
+  return os.path.abspath(ACDC_DIR)
+
+
+def tiny_config(experiment: str = 'smoke', **data):
+  """An experiment's config shrunk to the smoke test's size (a few seconds per run)."""
+  from jaxseg import config as config_lib
+  config = config_lib.load_experiment(experiment, 'cpu')
+  smoke = config_lib.load_experiment('smoke', 'cpu')
+  with config.unlocked():
+    all_labeled = config.data.labeled_num >= config.data.synthetic.num_train
+    for key in ('data', 'model', 'eval', 'checkpoint'):
+      config[key].update(smoke[key].to_dict())
+    if all_labeled:  # a fully supervised experiment stays fully supervised
+      config.data.labeled_num = smoke.data.synthetic.num_train
+    config.data.update(data)
+    config.steps = smoke.steps
+    config.log_every = 1
+    config.mean_teacher.update(start_step=0, rampup_length=4, rampup_interval=1)
+  return config
