@@ -8,6 +8,7 @@ decoder. Arrays are NHWC.
 
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import flax.linen as nn
@@ -17,12 +18,13 @@ import jax.numpy as jnp
 SSL4MIS_DROPOUT = (0.05, 0.1, 0.2, 0.3, 0.5)
 
 
-def _norm(kind: str, train: bool, name: str) -> nn.Module:
+def _norm(kind: str, train: bool, name: str, features: int) -> nn.Module:
   if kind == 'batch':
     # PyTorch BatchNorm2d defaults: momentum 0.1 (flax counts the kept fraction), eps 1e-5.
     return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, name=name)
   if kind == 'group':
-    return nn.GroupNorm(num_groups=None, group_size=8, name=name)
+    # 8 groups (Wu & He's small-batch setting), fewer when 8 does not divide the channels.
+    return nn.GroupNorm(num_groups=math.gcd(features, 8), name=name)
   raise ValueError(f'unknown norm {kind!r}; expected "batch" or "group"')
 
 
@@ -36,10 +38,10 @@ class ConvBlock(nn.Module):
   @nn.compact
   def __call__(self, x, train: bool):
     x = nn.Conv(self.features, (3, 3), name='conv1')(x)
-    x = nn.leaky_relu(_norm(self.norm, train, 'norm1')(x), negative_slope=0.01)
+    x = nn.leaky_relu(_norm(self.norm, train, 'norm1', self.features)(x), negative_slope=0.01)
     x = nn.Dropout(self.dropout, deterministic=not train)(x)
     x = nn.Conv(self.features, (3, 3), name='conv2')(x)
-    return nn.leaky_relu(_norm(self.norm, train, 'norm2')(x), negative_slope=0.01)
+    return nn.leaky_relu(_norm(self.norm, train, 'norm2', self.features)(x), negative_slope=0.01)
 
 
 class UNet(nn.Module):

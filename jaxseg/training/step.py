@@ -115,7 +115,7 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
     teacher_params = optax.incremental_update(params, state.teacher_params, 1.0 - alpha)
     metrics['ema_decay'] = alpha
     metrics['lr'] = schedules.learning_rate(config)(state.step)
-    metrics['grad_norm'] = optax.global_norm(grads)
+    metrics['grad_norm'] = optax.tree.norm(grads)
     new_state = state.replace(
         step=state.step + 1, params=params, batch_stats=batch_stats,
         teacher_params=teacher_params, teacher_batch_stats=teacher_batch_stats,
