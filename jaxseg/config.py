@@ -9,11 +9,12 @@ from __future__ import annotations
 import ast
 import importlib.util
 import json
+import os
 import pathlib
 
 import ml_collections
 
-from jaxseg.errors import ConfigError
+from jaxseg.errors import ConfigError, DataError
 
 EXPERIMENTS_DIR = pathlib.Path(__file__).resolve().parent.parent / 'experiments'
 
@@ -134,6 +135,22 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: list[str]) -> 
 
 def to_json(config: ml_collections.ConfigDict) -> str:
   return json.dumps(config.to_dict(), indent=2, sort_keys=True, default=list)
+
+
+def read_run_config(workdir: str) -> ml_collections.ConfigDict:
+  """The resolved config a run saved in `<workdir>/config.json`."""
+  path = os.path.join(workdir, 'config.json')
+  if not os.path.isfile(path):
+    raise DataError(f'{path}: missing; {workdir} is not a jaxseg run directory')
+  try:
+    with open(path) as f:
+      config = from_json(f.read())
+  except (OSError, UnicodeDecodeError, json.JSONDecodeError, TypeError, ValueError) as e:
+    raise DataError(f'{path}: not a valid jaxseg run config ({type(e).__name__}: {e})') from None
+  missing = sorted(set(base_config().keys()) - set(config.keys()))
+  if missing:
+    raise DataError(f'{path}: not a complete jaxseg run config (missing {", ".join(missing)})')
+  return config
 
 
 def from_json(text: str) -> ml_collections.ConfigDict:

@@ -26,10 +26,7 @@ def main(argv=None) -> int:
   parser.add_argument('--no-progress', action='store_true')
   args = parser.parse_args(sys.argv[1:] if argv is None else argv)
   try:
-    config_path = os.path.join(args.workdir, 'config.json')
-    if not os.path.exists(config_path):
-      raise DataError(f'{config_path}: missing; is {args.workdir} a jaxseg run directory?')
-    config = config_lib.from_json(open(config_path).read())
+    config = config_lib.read_run_config(args.workdir)
     with config.unlocked():
       if args.data_dir:
         config.data.dir = os.path.abspath(args.data_dir)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import os
 import pathlib
 
@@ -12,6 +13,7 @@ import h5py
 import numpy as np
 import pytest
 
+from jaxseg import config as config_lib
 from jaxseg import evaluate, run
 
 H, W, D = 24, 20, 3
@@ -106,7 +108,7 @@ def _snapshot(folder: pathlib.Path) -> dict[str, tuple[bytes, int]]:
 def _existing_run_dir(tmp_path: pathlib.Path) -> pathlib.Path:
   workdir = tmp_path / 'old_run'
   (workdir / 'checkpoints').mkdir(parents=True)
-  (workdir / 'config.json').write_text('{"experiment": "earlier"}\n')
+  (workdir / 'config.json').write_text(config_lib.to_json(config_lib.load_experiment('smoke', 'cpu')))
   (workdir / 'metrics.jsonl').write_text('{"step": 1, "loss": 0.5}\n')
   (workdir / 'checkpoints' / 'note.txt').write_text('keep me')
   return workdir
@@ -223,10 +225,6 @@ def test_bad_slice_is_named_with_exit_2(lazy_results, case):
   assert named in {str(p) for p in damaged}, line
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    'loop.train_and_evaluate creates the run directory (config.json, metrics.jsonl, '
-    'checkpoints/, tensorboard/) before the first batch reads the lazily loaded slices, so a '
-    'bad slice leaves a half-made run directory behind'))
 @pytest.mark.parametrize('case', sorted(LAZY_CASES))
 def test_bad_slice_leaves_no_run_dir(lazy_results, case):
   rc, _, _, workdir = lazy_results[case]
@@ -294,9 +292,6 @@ def test_resume_with_nothing_to_resume(data_dir, tmp_path, make):
   assert not workdir.exists() or not os.listdir(workdir)
 
 
-@pytest.mark.xfail(strict=True, raises=FileNotFoundError, reason=(
-    'loop.train_and_evaluate opens <workdir>/config.json unchecked on --resume; a non-empty '
-    'folder that is not a run directory raises FileNotFoundError (a traceback, not exit 2)'))
 def test_resume_on_folder_that_is_not_a_run(data_dir, tmp_path):
   workdir = tmp_path / 'notes'
   workdir.mkdir()
@@ -313,6 +308,14 @@ def test_evaluate_missing_workdir(tmp_path):
   rc, _, err = _call(evaluate.main, ['--workdir', tmp_path / 'no_run', '--no-progress'])
   _error_line(rc, err, tmp_path / 'no_run', 'config.json', 'missing')
   assert not (tmp_path / 'no_run').exists()
+
+
+def test_evaluate_damaged_config(tmp_path):
+  workdir = tmp_path / 'run'
+  workdir.mkdir()
+  (workdir / 'config.json').write_text('{"experiment": "smoke", ')
+  rc, _, err = _call(evaluate.main, ['--workdir', workdir, '--no-progress'])
+  _error_line(rc, err, workdir / 'config.json')
 
 
 # --- a good run ---------------------------------------------------------------------------

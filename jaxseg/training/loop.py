@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import time
 from typing import Any
 
@@ -21,21 +22,23 @@ import tqdm
 
 from jaxseg import config as config_lib
 from jaxseg.data import datasets, pipeline
-from jaxseg.errors import ConfigError, TrainingDiverged
+from jaxseg.errors import ConfigError, JaxsegError, TrainingDiverged
 from jaxseg.evaluation import inference, metrics as metrics_lib
 from jaxseg.models import build_model
 from jaxseg.training import checkpoint, objectives, schedules, step as step_lib
 from jaxseg.training.logging import MetricsWriter
 
 
-def prepare_workdir(workdir: str, resume: bool) -> None:
+def check_workdir(workdir: str, resume: bool) -> None:
+  """Refuses to overwrite a run, or to resume something that is not one."""
   exists = os.path.isdir(workdir) and bool(os.listdir(workdir))
   if resume and not exists:
     raise ConfigError(f'{workdir}: nothing to resume (no run directory there)')
+  if resume and not os.path.isfile(os.path.join(workdir, 'config.json')):
+    raise ConfigError(f'{workdir}: nothing to resume (no config.json; not a jaxseg run directory)')
   if not resume and exists:
     raise ConfigError(f'{workdir}: run directory already exists and is not empty; pass --resume '
                       'to continue it or choose another --workdir (nothing was changed)')
-  os.makedirs(workdir, exist_ok=True)
 
 
 def make_logits_fn(model):
@@ -68,15 +71,33 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, resum
                        progress: bool = True) -> dict[str, Any]:
   """Trains `config` in `workdir`; returns the final results (also saved as results.json)."""
   objectives.resolve(tuple(config.losses))  # unknown loss names fail before any work
-  data = datasets.load_data(config)  # bad data fails before the run directory is touched
-  prepare_workdir(workdir, resume)
+  check_workdir(workdir, resume)
   if resume:
-    saved = config_lib.from_json(open(os.path.join(workdir, 'config.json')).read())
-    saved.steps = config.steps  # the one thing a resume may change: train longer
+    saved = config_lib.read_run_config(workdir)
+    # A resume may train longer, and read the same data from where it has moved to.
+    saved.steps = config.steps
+    if config.data.dir:
+      saved.data.dir = config.data.dir
     config = saved
+  data = datasets.load_data(config)
+  data.check(progress)  # bad data fails before the run directory is touched
+  print(data.description, flush=True)
+  created = not os.path.isdir(workdir)
+  os.makedirs(workdir, exist_ok=True)
+  try:
+    return _train(config, data, workdir, resume, progress)
+  except JaxsegError:
+    # A run that failed before its first checkpoint leaves nothing worth keeping; a directory
+    # that existed before (a resume) is never removed.
+    latest = os.path.join(workdir, 'checkpoints', 'latest')
+    if created and not (os.path.isdir(latest) and os.listdir(latest)):
+      shutil.rmtree(workdir, ignore_errors=True)
+    raise
+
+
+def _train(config, data, workdir: str, resume: bool, progress: bool) -> dict[str, Any]:
   with open(os.path.join(workdir, 'config.json'), 'w') as f:
     f.write(config_lib.to_json(config))
-  print(data.description, flush=True)
 
   model = build_model(config)
   tx = schedules.optimizer(config)
