@@ -18,5 +18,5 @@ def get_config(profile: str = 'paper'):
   if profile == 'cpu':
     config_lib.cpu_profile(config)
     config.data.labeled_num = config.data.synthetic.num_train
-    config.data.labeled_batch = 16
+    config.data.labeled_batch = 8  # twice the semi-supervised labeled batch, as in SSL4MIS
   return config

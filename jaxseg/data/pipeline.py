@@ -54,7 +54,7 @@ def make_train_iterator(data, config: ml_collections.ConfigDict, with_unlabeled:
   """Labeled batches `{'image', 'label'}` and unlabeled `{'image_weak', 'image_strong'}`."""
   d = config.data
   weak = transforms.WeakAugment(size=d.image_size, rotate_degrees=d.rotate_degrees,
-                                crop_size=d.crop_size or None)
+                                crop_size=d.crop_size or None, image_order=d.image_order)
   labeled = make_stream(data.labeled, weak, seed=config.seed, batch_size=d.labeled_batch,
                         read_threads=d.read_threads)
   unlabeled = None

@@ -17,6 +17,7 @@ import tqdm
 
 from jaxseg.data import readers
 from jaxseg.data.volume import Volume
+from jaxseg.errors import DataError
 
 
 class H5SliceSource:
@@ -34,7 +35,7 @@ class H5SliceSource:
     image, label = readers.read_h5(self.paths[index], num_classes=self.num_classes,
                                    require_label=self.with_label)
     if image.ndim != 2:
-      raise readers.DataError(f'{self.paths[index]}: expected a 2D slice, got shape {image.shape}')
+      raise DataError(f'{self.paths[index]}: expected a 2D slice, got shape {image.shape}')
     return {'image': image, 'label': label} if self.with_label else {'image': image}
 
 
@@ -107,6 +108,6 @@ def h5_volume_loader(data_dir: str, num_classes: int) -> Callable[[str], Volume]
     path = os.path.join(data_dir, 'data', f'{name}.h5')
     image, label = readers.read_h5(path, num_classes=num_classes, require_label=True)
     if image.ndim != 3:
-      raise readers.DataError(f'{path}: expected a 3D volume (D, H, W), got shape {image.shape}')
+      raise DataError(f'{path}: expected a 3D volume (D, H, W), got shape {image.shape}')
     return Volume(name=name, image=image, label=label, path=path)
   return load
