@@ -4,7 +4,7 @@
 
 Paper protocol as acdc_supervised but with all 70 training patients (1,312 slices) labeled;
 SSL4MIS reports about 0.91 mean Dice on the ACDC test set. Without --data-dir: all 40 phantom
-volumes labeled, 1,500 steps on the CPU profile.
+volumes labeled, 1,000 steps on the CPU profile.
 """
 
 from jaxseg import config as config_lib

@@ -7,7 +7,7 @@ consistency = MSE of softmax between the student and the EMA teacher (input nois
 clipped to 0.2), weight 0.1 * sigmoid ramp-up over 200 x 150 iterations, off before iteration
 1,000; EMA alpha = min(1 - 1/(t+1), 0.99). SSL4MIS reports about 0.80 mean Dice on the ACDC test
 set at 7 labeled patients. Without --data-dir: the synthetic phantom, 4 of 40 volumes labeled,
-1,500 steps with every schedule scaled by 1500/30000.
+1,000 steps with every schedule scaled by 1000/30000.
 """
 
 from jaxseg import config as config_lib

@@ -5,7 +5,7 @@
 Paper protocol: 7 labeled patients (136 slices, 10%), 256x256, batch 12 labeled, SGD 0.01 with
 poly decay, 30,000 iterations, 0.5 * (CE + Dice). SSL4MIS reports about 0.77 mean Dice on the
 ACDC test set for this baseline at 10% labels; the lower bound the semi-supervised methods beat.
-Without --data-dir: the synthetic phantom with 4 of 40 volumes labeled, 1,500 steps (~10 min on
+Without --data-dir: the synthetic phantom with 4 of 40 volumes labeled, 1,000 steps (~10 min on
 2 CPU cores); record of what it gives in BUILD_NOTES.md.
 """
 

@@ -164,7 +164,7 @@ def from_json(text: str) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(tuples(json.loads(text)))
 
 
-def cpu_profile(config: ml_collections.ConfigDict, steps: int = 1500) -> ml_collections.ConfigDict:
+def cpu_profile(config: ml_collections.ConfigDict, steps: int = 1000) -> ml_collections.ConfigDict:
   """Scales the paper protocol to the synthetic phantom on a 2-core CPU (about 10 minutes).
 
   The phantom is generated at 96x96, batches are 4 labeled + 4 unlabeled, and every
