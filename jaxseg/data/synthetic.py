@@ -177,7 +177,10 @@ def _render(rng: np.random.Generator, depth: int, size: int,
 
   # --- Heart anatomy, drawn per subject.
   group, r_rng, t_rng, w_rng, c_rng = _GROUPS[int(rng.integers(len(_GROUPS)))]
-  r0, t0, w0 = u01(*r_rng), u01(*t_rng), u01(*w_rng)
+  # Apparent heart size varies with the subject and the field of view (ACDC's pixel spacing
+  # spans 0.7-1.9 mm): a few subjects cannot cover the range, which is the point.
+  zoom = u01(0.7, 1.4)
+  r0, t0, w0 = zoom * u01(*r_rng), zoom * u01(*t_rng), zoom * u01(*w_rng)
   if u01() < 0.5:  # end-systole: smaller cavity, thicker wall, smaller RV
     k = u01(*c_rng)
     r0, t0, w0 = r0 * k, t0 * (1.0 + 1.2 * (1.0 - k)), w0 * (0.6 + 0.4 * k)
@@ -189,7 +192,7 @@ def _render(rng: np.random.Generator, depth: int, size: int,
   theta = np.deg2rad(-150.0 + u01(-20.0, 20.0))  # RV lies anterior and to the patient's right
   span_p, span_m = np.deg2rad(u01(55.0, 90.0)), np.deg2rad(u01(50.0, 85.0))
   gamma = u01(0.35, 0.8)  # bluntness of the RV crescent
-  rv_wall = u01(2.0, 3.5)
+  rv_wall = zoom * u01(2.0, 3.5)
 
   # Base-to-apex coverage: where the stack starts and where each structure ends.
   base = u01(-0.08, 0.04)
@@ -301,11 +304,11 @@ def _render(rng: np.random.Generator, depth: int, size: int,
   # --- Per-subject contrast; ranges overlap on purpose (fat ~ blood, chest wall ~ myocardium).
   blood = u01(0.75, 1.0)
   i_lv = (blood * rng.uniform(0.92, 1.06, size=(depth, 1, 1))).astype(f32)  # inflow varies
-  i_rv = i_lv * f32(u01(0.82, 1.02))
-  i_myo = blood * u01(0.18, 0.38)
-  i_fat = blood * u01(0.7, 1.05)
-  i_tissue = blood * u01(0.25, 0.45)
-  i_muscle = i_myo * u01(0.85, 1.25)
+  i_rv = i_lv * f32(u01(0.7, 1.05))
+  i_myo = blood * u01(0.12, 0.55)
+  i_fat = blood * u01(0.5, 1.1)
+  i_tissue = blood * u01(0.2, 0.6)
+  i_muscle = i_myo * u01(0.7, 1.4)
   i_liver = blood * u01(0.28, 0.5)
   i_lung = blood * u01(0.02, 0.08)
   i_vessel = blood * u01(0.3, 0.6)
@@ -338,19 +341,19 @@ def _render(rng: np.random.Generator, depth: int, size: int,
   tex = ndimage.gaussian_filter(rng.standard_normal(shape, dtype=f32), (0, 3.0, 3.0))
   img *= 1.0 + f32(u01(0.05, 0.15)) * tex / (tex.std() + f32(1e-8))
   # Partial volume at boundaries: blur the image, never the label.
-  img = ndimage.gaussian_filter(img, (0, u01(0.5, 1.1), u01(0.5, 1.1)))
+  img = ndimage.gaussian_filter(img, (0, u01(0.5, 1.5), u01(0.5, 1.5)))
 
   # Smooth multiplicative coil bias: low-order polynomial plus a surface-coil hot spot.
   gx, gy = xx / f32(half), yy / f32(half)
-  cb = rng.normal(0.0, u01(0.05, 0.25), size=6).astype(f32)
+  cb = rng.normal(0.0, u01(0.1, 0.4), size=6).astype(f32)
   log_bias = (cb[0] * gx + cb[1] * gy + cb[2] * gx * gx + cb[3] * gy * gy + cb[4] * gx * gy
               + cb[5] * (2 * tz - 1))
   hx, hy = u01(-1.0, 1.0), u01(-1.2, 0.0)
-  log_bias = log_bias + f32(u01(0.0, 0.35)) * np.exp(-((gx - hx) ** 2 + (gy - hy) ** 2) / 0.5)
+  log_bias = log_bias + f32(u01(0.0, 0.6)) * np.exp(-((gx - hx) ** 2 + (gy - hy) ** 2) / 0.5)
   img *= np.exp(log_bias)
 
   # Rician noise: magnitude of the signal plus complex Gaussian noise.
-  sigma = f32(blood * u01(0.015, 0.07))
+  sigma = f32(blood * u01(0.02, 0.12))
   noise = rng.standard_normal((2,) + shape, dtype=f32) * sigma
   img = np.sqrt((img + noise[0]) ** 2 + noise[1] ** 2)
 
