@@ -320,6 +320,17 @@ def test_evaluate_damaged_config(tmp_path):
 # --- a good run ---------------------------------------------------------------------------
 
 
+def _event_tags(path, event_pb2):
+  """Scalar tags in a TensorBoard event file (TFRecord framing: length, crc, data, crc)."""
+  data, tags, pos = path.read_bytes(), set(), 0
+  while pos < len(data):
+    length = int.from_bytes(data[pos:pos + 8], 'little')
+    event = event_pb2.Event.FromString(data[pos + 12:pos + 12 + length])
+    tags |= {value.tag for value in event.summary.value}
+    pos += 12 + length + 4
+  return tags
+
+
 def test_smoke_run_then_evaluate(data_dir, tmp_path):
   workdir = tmp_path / 'run'
   rc, out, err = _train(data_dir, workdir, *TINY)
@@ -330,6 +341,12 @@ def test_smoke_run_then_evaluate(data_dir, tmp_path):
     assert (workdir / name).is_file(), name
   steps = [line for line in (workdir / 'metrics.jsonl').read_text().splitlines() if line]
   assert steps, 'metrics.jsonl is empty'
+  # TensorBoard-readable without TensorFlow: read the event file back with tensorboardX's reader.
+  from tensorboardX.event_file_writer import event_pb2
+  events = list((workdir / 'tensorboard').glob('events.out.tfevents.*'))
+  assert len(events) == 1
+  tags = _event_tags(events[0], event_pb2)
+  assert {'train/loss', 'train/lr', 'train/ema_decay', 'val/dice/mean'} <= tags, tags
   results = (workdir / 'results.md').read_text()
   assert '| Class |' in results and '## val (2 volumes)' in results
   for name in ('RV', 'MYO', 'LV'):
