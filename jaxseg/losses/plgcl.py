@@ -101,7 +101,7 @@ def patch_statistics(image_BHW: jax.Array, conf_BHWK: jax.Array, patch: int,
 
 def select_anchors(num_keys: int, num_anchors: Optional[int] = None,
                    rng: Optional[jax.Array] = None) -> jax.Array:
-  """Anchor indices into the M keys: all of them, or `num_anchors` distinct ones drawn with `rng`."""
+  """Anchor indices into the M keys: all, or `num_anchors` distinct ones drawn with `rng`."""
   if num_anchors is None or num_anchors >= num_keys:
     return jnp.arange(num_keys)
   if rng is None:
@@ -267,9 +267,10 @@ def plgcl_loss(anchor_emb_AD: jax.Array, key_emb_MD: jax.Array, anchor_class_A: 
   m_AK = f_AD @ mu_KD.T
   v_AK = jnp.einsum('ad,kde,ae->ak', f_AD, cov_KDD, f_AD)
 
-  # Remove the anchor's positives from their classes: with c_AK their projections' deviations
-  # from f.mu_c, the rest R has mean f.mu_c - sum(dev)/N_R and variance
-  # (N_c v_c - sum(dev^2)) / N_R - (sum(dev)/N_R)^2.
+  # Remove the anchor's positives from their classes (only 'all' scope has any there). With
+  # dev = f.x - f.mu_c for each positive of class c, the rest R of the class has projected mean
+  # f.mu_c - sum(dev)/N_R and variance (N_c v_c - sum(dev^2)) / N_R - (sum(dev)/N_R)^2; working
+  # with deviations from f.mu_c avoids the cancellation of E[s^2] - E[s]^2.
   pos_oh_ANK = jax.nn.one_hot(key_class_M[pos_idx_AN], num_classes, dtype=dtype)
   pos_oh_ANK *= pos_valid_AN[..., None]
   dev_AN = s_AN - jnp.einsum('ank,ak->an', pos_oh_ANK, m_AK)
@@ -281,7 +282,7 @@ def plgcl_loss(anchor_emb_AD: jax.Array, key_emb_MD: jax.Array, anchor_class_A: 
   mu_neg_AKD = (count_K[:, None] * mu_KD - jnp.einsum('ank,and->akd', pos_oh_ANK, x_pos_AND))
   mu_neg_AKD /= safe_n_AK[..., None]
   neg_valid_AK = (n_neg_AK > 0.5) & (jnp.arange(num_classes)[None, :] != anchor_class_A[:, None])
-  if zeta == 'count':
+  if isinstance(zeta, str):  # 'count'; a number may be traced
     log_zeta_AK = jnp.log(safe_n_AK)
   else:
     log_zeta_AK = jnp.full_like(safe_n_AK, jnp.log(zeta))
@@ -334,23 +335,24 @@ def expected_infonce_monte_carlo(rng: jax.Array, f_D: jax.Array, mu_pos_D: jax.A
                                  cov_neg_KDD: jax.Array, counts: Sequence[int],
                                  tau: float = TAU, num_samples: int = 100_000) -> dict:
   """Monte-Carlo under Gaussian keys: one positive ~ N(mu+, Sigma+), counts[c] negatives
-  ~ N(mu_c, Sigma_c) per draw. Returns 'infonce' (E of eq. 4) and 'jensen_bound'
+  ~ N(mu_c, Sigma_c) per draw (counts static). Returns 'infonce' (E of eq. 4) and 'jensen_bound'
   (log E[e^{f.x+/tau} + sum_c counts_c e^{f.x_c/tau}] - f.mu+/tau, the bound eq. 5 has at lam=1)."""
-  keys = jax.random.split(rng, len(counts) + 1)
-  x_pos_SD = jax.random.multivariate_normal(keys[0], mu_pos_D, cov_pos_DD, (num_samples,))
-  log_mean_exp = lambda s: jax.nn.logsumexp(s / tau) - jnp.log(s.size)
-  terms, negs = [log_mean_exp(x_pos_SD @ f_D)], []
-  for c, n in enumerate(counts):
-    if n == 0:  # an absent class: no negatives, no term
-      continue
-    x_SnD = jax.random.multivariate_normal(keys[c + 1], mu_neg_KD[c], cov_neg_KDD[c],
-                                           (num_samples, n))
-    negs.append(x_SnD)
-    terms.append(jnp.log(float(n)) + log_mean_exp(x_SnD @ f_D))
-  neg_SRD = jnp.concatenate(negs, axis=1) if negs else jnp.zeros((num_samples, 0, f_D.shape[0]))
-  f_SD = jnp.broadcast_to(f_D, x_pos_SD.shape)
-  infonce = sampled_infonce(f_SD, x_pos_SD[:, None], neg_SRD, jnp.ones((num_samples, 1), bool),
-                            jnp.ones(neg_SRD.shape[:2], bool), tau)
+  slot_class = [c for c, n in enumerate(counts) for _ in range(n)]
+  mu_RD = jnp.concatenate([mu_pos_D[None], mu_neg_KD[jnp.array(slot_class, int)]])
+  cov_RDD = jnp.concatenate([cov_pos_DD[None], cov_neg_KDD[jnp.array(slot_class, int)]])
+  # One normal draw for every slot: each separate draw is another threefry program to compile.
+  z_SRD = jax.random.normal(rng, (num_samples,) + mu_RD.shape)
+  x_SRD = mu_RD + jnp.einsum('srd,red->sre', z_SRD, jnp.linalg.cholesky(cov_RDD))
+  s_SR = x_SRD @ f_D / tau
+  log_mean_exp = lambda s: jax.nn.logsumexp(s) - jnp.log(s.size)
+  terms, start = [log_mean_exp(s_SR[:, 0])], 1
+  for n in counts:
+    if n:  # an absent class has no term
+      terms.append(jnp.log(float(n)) + log_mean_exp(s_SR[:, start:start + n]))
+      start += n
+  f_SD = jnp.broadcast_to(f_D, (num_samples, f_D.shape[0]))
+  infonce = sampled_infonce(f_SD, x_SRD[:, :1], x_SRD[:, 1:], jnp.ones((num_samples, 1), bool),
+                            jnp.ones((num_samples, len(slot_class)), bool), tau)
   jensen = jax.nn.logsumexp(jnp.stack(terms)) - f_D @ mu_pos_D / tau
   return dict(infonce=infonce, jensen_bound=jensen)
 
