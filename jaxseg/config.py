@@ -31,6 +31,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.data = ml_collections.ConfigDict()
   c.data.dir = ''  # empty: the built-in synthetic phantom
   c.data.labeled_num = 7  # patients (ACDC) or volumes (synthetic); SSL4MIS 7 = 136 slices
+  c.data.labeled_fraction = 0.0  # KiTS19/CRAG: fraction of training cases labeled (0: labeled_num)
+  c.data.split_seed = 0  # KiTS19/CRAG have no published split: a seeded permutation
+  c.data.kits_window = (-79.0, 304.0)  # HU window (nnU-Net's KiTS19 foreground percentiles)
+  c.data.kits_train_size = 0  # resize KiTS19 training slices at load (0: native 512)
+  c.data.crag_channels = 1  # CRAG: 1 (BT.601 luma) or 3 (RGB)
   c.data.image_size = 256
   c.data.labeled_batch = 12
   c.data.unlabeled_batch = 12

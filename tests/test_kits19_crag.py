@@ -337,3 +337,11 @@ def test_load_crag(crag_root):
   data.check(progress=False)
   with pytest.raises(ConfigError, match='num_classes'):
     crag.load_crag(_config(crag_root, 3))
+
+
+def test_load_data_detects_kits19_and_crag(kits_root, crag_root):
+  from jaxseg.data import datasets
+  kits = datasets.load_data(_config(kits_root, 3, labeled_fraction=0.5))
+  assert kits.layout == 'kits19' and len(kits.labeled) > 0 and 'val' in kits.splits
+  histo = datasets.load_data(_config(crag_root, 2, labeled_fraction=0.2))
+  assert histo.layout == 'crag' and len(histo.labeled) > 0 and 'test' in histo.splits

@@ -100,7 +100,7 @@ def read_png(path: str) -> np.ndarray:
   # Pillow ships with matplotlib, a dependency; imported here so other layouts do not need it.
   from PIL import Image
 
-  readers._check_file(path)
+  readers.check_file(path)
   try:
     with Image.open(path) as img:
       img.load()  # decoding is lazy, so a truncated file only fails here
@@ -109,7 +109,7 @@ def read_png(path: str) -> np.ndarray:
       array = np.asarray(img)
   except Exception as e:  # noqa: BLE001 - Pillow raises OSError, SyntaxError, ValueError...
     raise DataError(f'{path}: not a readable PNG image (corrupt or truncated?): '
-                    f'{readers._one_line(e)}') from e
+                    f'{readers.one_line(e)}') from e
   if array.ndim not in (2, 3) or array.size == 0:
     raise DataError(f'{path}: expected a 2D image, got shape {array.shape}')
   return array

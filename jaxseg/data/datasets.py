@@ -3,6 +3,8 @@
 Layouts:
   ssl4mis_h5   ACDC as SSL4MIS ships it: `train_slices.list`, `val.list`, `data/slices/*.h5`.
   acdc_nifti   the original ACDC release: `patientXXX/patientXXX_frameYY[_gt].nii.gz`, `Info.cfg`.
+  kits19       KiTS19 CT: `case_XXXXX/imaging.nii.gz` and `segmentation.nii.gz` (kits19.py).
+  crag         CRAG histology: `train|valid/Images/*.png` with `Annotation/*.png` (crag.py).
   synthetic    the built-in cardiac phantom, used when no directory is given.
 The labeled subset is the first `labeled_num` patients in the SSL4MIS training order; for ACDC
 3/7/14 patients give exactly SSL4MIS's 68/136/256 slices.
@@ -14,7 +16,7 @@ import os
 
 import ml_collections
 
-from jaxseg.data import readers, synthetic
+from jaxseg.data import crag, kits19, readers, synthetic
 from jaxseg.data.sources import (H5SliceSource, LazyVolumes, SegmentationData, VolumeSliceSource,
                                  h5_volume_loader)
 from jaxseg.errors import DataError
@@ -29,8 +31,13 @@ def detect_layout(data_dir: str) -> str:
     return 'ssl4mis_h5'
   if readers.is_acdc_nifti_layout(data_dir):
     return 'acdc_nifti'
+  if kits19.is_kits19_layout(data_dir):
+    return 'kits19'
+  if crag.is_crag_layout(data_dir):
+    return 'crag'
   raise DataError(f'{data_dir}: unknown data layout (expected the SSL4MIS ACDC layout with '
-                  'train_slices.list, or ACDC NIfTI folders patientXXX/)')
+                  'train_slices.list, ACDC NIfTI folders patientXXX/, KiTS19 '
+                  'case_XXXXX/imaging.nii.gz, or CRAG train/Images/*.png)')
 
 
 def load_data(config: ml_collections.ConfigDict) -> SegmentationData:
@@ -39,6 +46,10 @@ def load_data(config: ml_collections.ConfigDict) -> SegmentationData:
     return _synthetic(config)
   if layout == 'ssl4mis_h5':
     return _ssl4mis_h5(config)
+  if layout == 'kits19':
+    return kits19.load_kits19(config)
+  if layout == 'crag':
+    return crag.load_crag(config)
   return _acdc_nifti(config)
 
 

@@ -121,8 +121,8 @@ def load_case(case_dir: str | os.PathLike, *, window: tuple[float, float] = DEFA
   case_dir = os.fspath(case_dir)
   if not os.path.isdir(case_dir):
     raise DataError(f'{case_dir}: KiTS19 case folder not found')
-  image_path = readers._nifti_path(case_dir, 'imaging')
-  seg_path = readers._nifti_path(case_dir, 'segmentation')
+  image_path = readers.nifti_path(case_dir, 'imaging')
+  seg_path = readers.nifti_path(case_dir, 'segmentation')
   hu, affine, zooms = readers.read_nifti(image_path)
   if hu.ndim != 3:
     raise DataError(f'{image_path}: expected a 3D CT volume, got shape {hu.shape}')
@@ -132,7 +132,7 @@ def load_case(case_dir: str | os.PathLike, *, window: tuple[float, float] = DEFA
     if seg.shape != hu.shape:
       raise DataError(f'{seg_path}: segmentation shape {seg.shape} differs from image shape '
                       f'{hu.shape} of {os.path.basename(image_path)}')
-    label = readers._check_label(seg_path, seg, NUM_CLASSES)
+    label = readers.check_label(seg_path, seg, NUM_CLASSES)
   return Volume(
     name=os.path.basename(os.path.normpath(case_dir)),
     image=window_ct(hu, window),

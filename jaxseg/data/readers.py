@@ -58,7 +58,7 @@ _PATIENT_RE = re.compile(r'^patient\d{3}$')
 _NIFTI_EXTS = ('.nii.gz', '.nii')
 
 
-def _one_line(exc: BaseException) -> str:
+def one_line(exc: BaseException) -> str:
   """The exception as `Type: message` on one line (library messages may span several)."""
   text = ' '.join(str(exc).split())
   return f'{type(exc).__name__}: {text}' if text else type(exc).__name__
@@ -73,7 +73,7 @@ def _format_values(values: np.ndarray) -> str:
   return text + ']'
 
 
-def _check_file(path: str) -> None:
+def check_file(path: str) -> None:
   if not os.path.exists(path):
     raise DataError(f'{path}: file not found')
   if os.path.isdir(path):
@@ -102,7 +102,7 @@ def _check_image(path: str, image: np.ndarray, what: str = 'image') -> np.ndarra
   return image
 
 
-def _check_label(path: str, label: np.ndarray, num_classes: int) -> np.ndarray:
+def check_label(path: str, label: np.ndarray, num_classes: int) -> np.ndarray:
   """Integer class indices in [0, num_classes), as uint8."""
   dtype = label.dtype
   if np.issubdtype(dtype, np.floating):
@@ -131,7 +131,7 @@ def _read_dataset(path: str, f: h5py.File, key: str) -> np.ndarray:
     return np.asarray(obj[()])
   except Exception as e:  # noqa: BLE001 - HDF5 raises OSError, KeyError... on damaged data.
     raise DataError(f'{path}: cannot read {key!r} (corrupt or truncated file?): '
-                    f'{_one_line(e)}') from e
+                    f'{one_line(e)}') from e
 
 
 def read_h5(path: PathLike, *, num_classes: int,
@@ -151,12 +151,12 @@ def read_h5(path: PathLike, *, num_classes: int,
   """
   _check_num_classes(num_classes)
   path = os.fspath(path)
-  _check_file(path)
+  check_file(path)
   try:
     f = h5py.File(path, 'r')
   except Exception as e:  # noqa: BLE001 - h5py raises OSError for most, others for odd files.
     raise DataError(f'{path}: not a readable HDF5 file (corrupt or truncated?): '
-                    f'{_one_line(e)}') from e
+                    f'{one_line(e)}') from e
   with f:
     image = _read_dataset(path, f, 'image')
     label = None
@@ -169,7 +169,7 @@ def read_h5(path: PathLike, *, num_classes: int,
                     f'{image.shape}')
   image = _check_image(path, image)
   if label is not None:
-    label = _check_label(path, label, num_classes)
+    label = check_label(path, label, num_classes)
   return image, label
 
 
@@ -184,7 +184,7 @@ def read_nifti(path: PathLike) -> tuple[np.ndarray, np.ndarray, tuple[float, ...
     DataError: one line starting with the path: missing, corrupt or truncated file, NaN/Inf.
   """
   path = os.fspath(path)
-  _check_file(path)
+  check_file(path)
   try:
     img = nib.load(path)
     # Data is read lazily, so a truncated .gz only fails here.
@@ -195,12 +195,12 @@ def read_nifti(path: PathLike) -> tuple[np.ndarray, np.ndarray, tuple[float, ...
   # struct.error, ValueError...; all of them mean the same thing to the user.
   except Exception as e:  # noqa: BLE001
     raise DataError(f'{path}: not a readable NIfTI file (corrupt or truncated?): '
-                    f'{_one_line(e)}') from e
+                    f'{one_line(e)}') from e
   data = _check_image(path, data, what='data')
   return data, affine, zooms
 
 
-def _nifti_path(folder: str, stem: str) -> str:
+def nifti_path(folder: str, stem: str) -> str:
   """`folder/stem.nii.gz`, or `.nii` if only that exists (the .nii.gz name for messages)."""
   for ext in _NIFTI_EXTS:
     candidate = os.path.join(folder, stem + ext)
@@ -215,7 +215,7 @@ def _read_info_cfg(path: str) -> dict[str, str]:
     with open(path, encoding='utf-8') as f:
       lines = f.read().splitlines()
   except (OSError, UnicodeDecodeError) as e:
-    raise DataError(f'{path}: cannot read Info.cfg: {_one_line(e)}') from e
+    raise DataError(f'{path}: cannot read Info.cfg: {one_line(e)}') from e
   info = {}
   for line in lines:
     if ':' in line:
@@ -297,8 +297,8 @@ def load_acdc_nifti_volume(patient_dir: PathLike, frame_index: int, *, num_class
     raise DataError(f'{patient_dir}: folder name {pid!r} is not of the form patientXXX')
 
   frame = _acdc_frame_number(patient_dir, pid, frame_index)
-  image_path = _nifti_path(patient_dir, f'{pid}_frame{frame:02d}')
-  gt_path = _nifti_path(patient_dir, f'{pid}_frame{frame:02d}_gt')
+  image_path = nifti_path(patient_dir, f'{pid}_frame{frame:02d}')
+  gt_path = nifti_path(patient_dir, f'{pid}_frame{frame:02d}_gt')
   data, affine, zooms = read_nifti(image_path)
   if data.ndim != 3:
     raise DataError(f'{image_path}: expected a 3D image, got shape {data.shape}')
@@ -309,7 +309,7 @@ def load_acdc_nifti_volume(patient_dir: PathLike, frame_index: int, *, num_class
     if gt.shape != data.shape:
       raise DataError(f'{gt_path}: label shape {gt.shape} differs from image shape '
                       f'{data.shape} of {os.path.basename(image_path)}')
-    label = np.ascontiguousarray(_check_label(gt_path, gt, num_classes).transpose(2, 1, 0))
+    label = np.ascontiguousarray(check_label(gt_path, gt, num_classes).transpose(2, 1, 0))
 
   # float64 arithmetic, then float32, as SSL4MIS does on SimpleITK's integer arrays.
   x = data.astype(np.float64)
