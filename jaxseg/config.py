@@ -52,6 +52,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.channels = (16, 32, 64, 128, 256)
   c.model.dropout = (0.05, 0.1, 0.2, 0.3, 0.5)
   c.model.norm = 'batch'
+  c.model.projection_dim = 0  # > 0 adds a projection head (patch/global contrast)
+  c.model.projection_hidden = 256
 
   c.optimizer = ml_collections.ConfigDict()
   c.optimizer.name = 'sgd'  # 'sgd' (SSL4MIS) or 'adam' (PLGCL)
@@ -74,6 +76,20 @@ def base_config() -> ml_collections.ConfigDict:
       teacher_noise_clip=0.2,
   ))
   c.ema = ml_collections.ConfigDict(dict(rule='ssl4mis', decay=0.99))  # or rule='fixed'
+  # PLGCL (jaxseg/methods/plgcl.py, jaxseg/losses/plgcl.py); paper values, see BUILD_NOTES.md.
+  c.plgcl = ml_collections.ConfigDict(dict(
+      weight=0.2,  # gamma in eq. 8
+      warmup_steps=0,  # steps with PLGCL off (paper: 50 epochs)
+      patch=32, num_pos=20, tau=0.2, lam=4.0,
+      zeta='count',  # 'count' (eq. 5 derivation: number of negative keys) or a number
+      sampler='entropy',  # 'entropy' (paper), 'confidence' or 'cosine' (Table 3)
+      entropy_scope='class',  # nearest in Ent^k among class-k patches, or 'all' (literal)
+      assign='dominant', min_conf=0.1,  # patch class: argmax of mean confidence
+      num_anchors=0,  # 0: every patch is an anchor; else a random subset of this size
+      foreground_anchors=False,  # only patches of a foreground class as anchors
+      embedding='patches',  # 'patches' through the encoder (paper) or pooled 'regions'
+      pseudo_label='student',  # confidence maps of unlabeled images: 'student' (paper) or 'teacher'
+  ))
 
   c.eval = ml_collections.ConfigDict(dict(
       every=200, patch_size=256, interp_order=0, empty='nan', batch_size=32,

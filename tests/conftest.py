@@ -29,8 +29,11 @@ def tiny_config(experiment: str = 'smoke', **data):
   smoke = config_lib.load_experiment('smoke', 'cpu')
   with config.unlocked():
     all_labeled = config.data.labeled_num >= config.data.synthetic.num_train
+    projection_dim, strong_ops = config.model.projection_dim, config.data.strong_ops
     for key in ('data', 'model', 'eval', 'checkpoint'):
       config[key].update(smoke[key].to_dict())
+    config.model.projection_dim = min(projection_dim, 16)  # a method's head stays, smaller
+    config.data.strong_ops = strong_ops  # the experiment's augmentation is part of its method
     if all_labeled:  # a fully supervised experiment stays fully supervised
       config.data.labeled_num = smoke.data.synthetic.num_train
     config.data.update(data)

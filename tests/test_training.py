@@ -236,3 +236,21 @@ def test_one_and_eight_devices_give_the_same_losses():
   one, eight = np.array(losses['1']), np.array(losses['8'])
   assert np.all(np.isfinite(one)) and one[-1, 0] != one[0, 0]
   np.testing.assert_allclose(eight, one, rtol=2e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize('embedding', ['patches', 'regions'])
+def test_plgcl_switches_on_after_warmup_without_recompiling(embedding):
+  config = tiny_config('acdc_plgcl')
+  with config.unlocked():
+    config.plgcl.update(warmup_steps=2, patch=8, num_pos=3, embedding=embedding)
+    config.model.projection_dim = 16
+  _, jitted, state, batches, mesh = _setup(config)
+  weights, losses = [], []
+  for _ in range(4):
+    labeled, unlabeled = (step_lib.shard_batch(b, mesh) for b in next(batches))
+    state, metrics = jitted(state, labeled, unlabeled)
+    weights.append(float(metrics['plgcl_weight']))
+    losses.append(float(metrics['plgcl']))
+  np.testing.assert_allclose(weights, [0, 0, 0.2, 0.2], rtol=1e-6)
+  assert np.all(np.isfinite(losses)) and min(losses) > 0
+  assert jitted._cache_size() == 1

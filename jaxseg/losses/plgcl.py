@@ -368,15 +368,19 @@ def plgcl_from_patches(image_BHW: jax.Array, conf_BHWK: jax.Array, emb_BPD: jax.
                        anchor_mask_BP: Optional[jax.Array] = None, num_pos: int = NUM_POS,
                        tau: float = TAU, lam: float = LAM, zeta: Union[str, float] = 'count',
                        sampler: str = 'entropy', entropy_scope: str = 'class',
-                       assign: str = 'dominant', min_conf: float = MIN_CONF):
+                       assign: str = 'dominant', min_conf: float = MIN_CONF,
+                       stats: Optional[dict[str, jax.Array]] = None):
   """PLGCL for a batch: statistics -> anchors and positives -> eq. 5. Returns (loss, aux).
 
   `emb_BPD` embeds the patches of `patch_grid` (same order); anchors are taken from it, keys from
   `key_emb_BPD` (e.g. the teacher's) or from `emb_BPD` itself. Anchors: all B * P patches or
   `num_anchors` drawn with `rng`; `anchor_mask_BP` can exclude patches from being anchors.
+  `stats`, when the caller already has `patch_statistics(image, conf, patch, assign, min_conf)`,
+  is used instead of computing it again.
   """
   b, p, d = emb_BPD.shape
-  stats = patch_statistics(image_BHW, conf_BHWK, patch, assign, min_conf)
+  if stats is None:
+    stats = patch_statistics(image_BHW, conf_BHWK, patch, assign, min_conf)
   if stats['label_BP'].shape != (b, p):
     raise ValueError(f'{p} embeddings per image but {stats["label_BP"].shape[1]} patches')
   anchor_idx_A = select_anchors(b * p, num_anchors, rng)

@@ -4,6 +4,10 @@ Layout follows SSL4MIS `networks/unet.py`: each level is conv3x3-norm-LeakyReLU-
 norm-LeakyReLU; down by 2x2 max pooling; up by a 1x1 convolution, bilinear upsampling and
 concatenation with the skip; dropout per encoder level (0.05, 0.1, 0.2, 0.3, 0.5) and none in the
 decoder. Arrays are NHWC.
+
+With `projection_dim > 0` the model also has a shallow projection head (global average pool of the
+bottleneck, Dense-ReLU-Dense, L2 normalization), used by patch-level contrast: `embed_patches`
+runs the encoder and the head on a batch of patches.
 """
 
 from __future__ import annotations
@@ -44,6 +48,57 @@ class ConvBlock(nn.Module):
     return nn.leaky_relu(_norm(self.norm, train, 'norm2', self.features)(x), negative_slope=0.01)
 
 
+class Encoder(nn.Module):
+  """Returns the skip features of every level; the last is the bottleneck."""
+
+  channels: Sequence[int]
+  dropout: Sequence[float]
+  norm: str
+
+  @nn.compact
+  def __call__(self, x, train: bool) -> list[jax.Array]:
+    skips = []
+    for level, (features, rate) in enumerate(zip(self.channels, self.dropout)):
+      if level > 0:
+        x = nn.max_pool(x, (2, 2), strides=(2, 2))
+      x = ConvBlock(features, rate, self.norm, name=f'down{level}')(x, train)
+      skips.append(x)
+    return skips
+
+
+class Decoder(nn.Module):
+  """Returns (logits, full-resolution features before the classifier)."""
+
+  channels: Sequence[int]
+  num_classes: int
+  norm: str
+
+  @nn.compact
+  def __call__(self, skips: list[jax.Array], train: bool) -> tuple[jax.Array, jax.Array]:
+    x = skips[-1]
+    for level in reversed(range(len(self.channels) - 1)):
+      x = nn.Conv(self.channels[level], (1, 1), name=f'up{level}_reduce')(x)
+      skip = skips[level]
+      x = jax.image.resize(x, (x.shape[0], *skip.shape[1:3], x.shape[-1]), 'bilinear')
+      x = jnp.concatenate([skip, x], axis=-1)
+      x = ConvBlock(self.channels[level], 0.0, self.norm, name=f'up{level}')(x, train)
+    return nn.Conv(self.num_classes, (3, 3), name='classifier')(x), x
+
+
+class ProjectionHead(nn.Module):
+  """Dense-ReLU-Dense on pooled features, L2-normalized (the contrastive embedding)."""
+
+  hidden: int
+  features: int
+
+  @nn.compact
+  def __call__(self, x_ND: jax.Array) -> jax.Array:
+    x = nn.relu(nn.Dense(self.hidden, name='dense1')(x_ND))
+    x = nn.Dense(self.features, name='dense2')(x)
+    # eps keeps the gradient finite for an all-zero feature vector.
+    return x / jnp.sqrt(jnp.sum(x * x, axis=-1, keepdims=True) + 1e-12)
+
+
 class UNet(nn.Module):
   """U-Net returning a dict of outputs.
 
@@ -52,30 +107,47 @@ class UNet(nn.Module):
     decoder_features: (B, H, W, channels[0]) full-resolution decoder map before the classifier,
       where pixel-level contrastive heads attach.
     bottleneck: (B, H/16, W/16, channels[-1]) encoder output, where global/patch heads attach.
+    embedding: (B, projection_dim) projection of the pooled bottleneck, when projection_dim > 0.
   """
 
   num_classes: int
   channels: Sequence[int] = (16, 32, 64, 128, 256)
   dropout: Sequence[float] = SSL4MIS_DROPOUT
   norm: str = 'batch'
+  projection_dim: int = 0
+  projection_hidden: int = 256
 
-  @nn.compact
-  def __call__(self, x_BHWC: jax.Array, train: bool = False) -> dict[str, jax.Array]:
+  def setup(self):
     if len(self.dropout) != len(self.channels):
       raise ValueError(f'dropout {self.dropout} needs one rate per level {self.channels}')
-    skips = []
-    x = x_BHWC
-    for level, (features, rate) in enumerate(zip(self.channels, self.dropout)):
-      if level > 0:
-        x = nn.max_pool(x, (2, 2), strides=(2, 2))
-      x = ConvBlock(features, rate, self.norm, name=f'down{level}')(x, train)
-      skips.append(x)
-    bottleneck = x
-    for level in reversed(range(len(self.channels) - 1)):
-      x = nn.Conv(self.channels[level], (1, 1), name=f'up{level}_reduce')(x)
-      skip = skips[level]
-      x = jax.image.resize(x, (x.shape[0], *skip.shape[1:3], x.shape[-1]), 'bilinear')
-      x = jnp.concatenate([skip, x], axis=-1)
-      x = ConvBlock(self.channels[level], 0.0, self.norm, name=f'up{level}')(x, train)
-    logits = nn.Conv(self.num_classes, (3, 3), name='classifier')(x)
-    return {'logits': logits, 'decoder_features': x, 'bottleneck': bottleneck}
+    self.encoder = Encoder(self.channels, self.dropout, self.norm)
+    self.decoder = Decoder(self.channels, self.num_classes, self.norm)
+    if self.projection_dim:
+      self.head = ProjectionHead(self.projection_hidden, self.projection_dim)
+
+  def __call__(self, x_BHWC: jax.Array, train: bool = False) -> dict[str, jax.Array]:
+    skips = self.encoder(x_BHWC, train)
+    logits, features = self.decoder(skips, train)
+    out = {'logits': logits, 'decoder_features': features, 'bottleneck': skips[-1]}
+    if self.projection_dim:
+      out['embedding'] = self.head(skips[-1].mean(axis=(1, 2)))
+    return out
+
+  def embed_patches(self, patches_NHWC: jax.Array, train: bool = False) -> jax.Array:
+    """Encoder, global average pool and projection head on image patches: (N, projection_dim)."""
+    return self.head(self.encoder(patches_NHWC, train)[-1].mean(axis=(1, 2)))
+
+  def embed_regions(self, x_BHWC: jax.Array, patch: int, train: bool = False) -> jax.Array:
+    """The cheaper option: pool the full-image bottleneck over each patch's region, then project.
+
+    Returns (B, P, projection_dim) in `patch_grid`'s row-major order; `patch` must be a multiple
+    of the bottleneck's stride.
+    """
+    bottleneck = self.encoder(x_BHWC, train)[-1]
+    stride = x_BHWC.shape[1] // bottleneck.shape[1]
+    if patch % stride:
+      raise ValueError(f'patch {patch} is not a multiple of the encoder stride {stride}')
+    cell = patch // stride
+    b, h, w, c = bottleneck.shape
+    pooled = bottleneck.reshape(b, h // cell, cell, w // cell, cell, c).mean(axis=(2, 4))
+    return self.head(pooled.reshape(b, -1, c))

@@ -30,6 +30,10 @@ class StepOutputs:
   student_unlabeled: student outputs on the strong view, or None.
   teacher_unlabeled: teacher outputs on the weak view (gradient stopped), or None.
   step: the traced step counter, before this update.
+  apply: `apply(x_BHWC, method=None)` runs the student (train mode, current parameters, so the
+    result is differentiable) for terms that need another forward pass, e.g. on patches. Batch
+    statistics of such passes are discarded.
+  rng: a key for the terms' own random draws.
   """
 
   labeled: dict[str, jax.Array]
@@ -38,6 +42,8 @@ class StepOutputs:
   student_unlabeled: dict[str, jax.Array] | None
   teacher_unlabeled: dict[str, jax.Array] | None
   step: jax.Array
+  apply: Callable[..., Any] | None = None
+  rng: jax.Array | None = None
 
 
 LossFn = Callable[[StepOutputs, ml_collections.ConfigDict], tuple[jax.Array, dict[str, Any]]]
@@ -62,6 +68,7 @@ def register(name: str, *, needs_unlabeled: bool = False, needs_teacher: bool = 
 
 
 def resolve(names) -> list[LossTerm]:
+  import jaxseg.methods  # noqa: F401  (registers the methods' terms)
   unknown = [n for n in names if n not in TERMS]
   if unknown:
     raise ConfigError(f'losses: unknown loss term(s) {unknown}; known: {", ".join(sorted(TERMS))}')

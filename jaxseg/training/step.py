@@ -66,7 +66,7 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
 
   def train_step(state: TrainState, labeled, unlabeled):
     rng = jax.random.fold_in(state.rng, state.step)
-    student_rng, teacher_rng, noise_rng = jax.random.split(rng, 3)
+    student_rng, teacher_rng, noise_rng, term_rng, extra_rng = jax.random.split(rng, 5)
     num_labeled = labeled['image'].shape[0]
 
     teacher_out, teacher_batch_stats = None, state.teacher_batch_stats
@@ -95,11 +95,18 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
           mutable=['batch_stats'], rngs={'dropout': student_rng})
       split = lambda tree, part: jax.tree.map(
           lambda x: x[:num_labeled] if part == 0 else x[num_labeled:], tree)
+
+      def apply(x, method=None):
+        result, _ = model.apply(
+            {'params': params, 'batch_stats': state.batch_stats}, x, train=True, method=method,
+            mutable=['batch_stats'], rngs={'dropout': extra_rng})
+        return result
+
       out = objectives.StepOutputs(
           labeled=labeled, unlabeled=unlabeled,
           student_labeled=split(outputs, 0),
           student_unlabeled=split(outputs, 1) if needs_unlabeled else None,
-          teacher_unlabeled=teacher_out, step=state.step)
+          teacher_unlabeled=teacher_out, step=state.step, apply=apply, rng=term_rng)
       total, metrics = jnp.zeros((), jnp.float32), {}
       for term in terms:
         value, term_metrics = term.fn(out, config)

@@ -1,0 +1,3 @@
+"""Published methods as loss terms of the one train step; importing this registers them."""
+
+from jaxseg.methods import plgcl  # noqa: F401
