@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 
@@ -29,6 +28,7 @@ if REPO_ROOT not in sys.path:
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
+from common import MIB, machine_info, memory_stats, total_flops  # noqa: E402
 from jaxseg import config as config_lib  # noqa: E402
 from jaxseg.errors import JaxsegError  # noqa: E402
 from jaxseg.models import build_model  # noqa: E402
@@ -37,7 +37,6 @@ from jaxseg.training import step as step_lib  # noqa: E402
 
 # Benchmark name -> experiment whose paper-profile config defines the step.
 STEPS = {'supervised': 'acdc_supervised', 'mean_teacher': 'acdc_meanteacher'}
-MIB = 2.0 ** 20
 
 
 def parse_args(argv):
@@ -63,26 +62,6 @@ def parse_args(argv):
   return args
 
 
-def cpu_model() -> str:
-  try:
-    with open('/proc/cpuinfo') as f:
-      for line in f:
-        # x86 says 'model name'; some ARM kernels only 'Hardware' or 'Processor'.
-        key, _, value = line.partition(':')
-        if key.strip() in ('model name', 'Hardware', 'Processor') and value.strip():
-          return value.strip()
-  except OSError:
-    pass
-  return platform.processor() or platform.machine() or 'unknown'
-
-
-def machine_info(num_devices: int) -> dict:
-  d = jax.devices()[0]
-  return {'device_kind': d.device_kind, 'platform': d.platform,
-          'device_count': jax.device_count(), 'mesh_devices': num_devices,
-          'cpu': cpu_model(), 'cpu_count': os.cpu_count(), 'jax': jax.__version__}
-
-
 def make_config(name: str, args):
   config = config_lib.load_experiment(STEPS[name], 'paper')
   with config.unlocked():
@@ -105,26 +84,6 @@ def synthetic_batches(config, with_unlabeled: bool, seed: int):
   unlabeled = {'image_weak': rng.random((u, s, s), dtype=np.float32),
                'image_strong': rng.random((u, s, s), dtype=np.float32)}
   return labeled, unlabeled
-
-
-def total_flops(cost):
-  # cost_analysis() is a dict in recent JAX, a list of per-module dicts in older ones, or None.
-  if cost is None:
-    return None
-  if isinstance(cost, dict):
-    cost = [cost]
-  flops = [c.get('flops') for c in cost if c and c.get('flops') is not None]
-  return float(sum(flops)) if flops else None
-
-
-def memory_stats(compiled) -> dict:
-  try:
-    m = compiled.memory_analysis()
-  except (NotImplementedError, RuntimeError, AttributeError):
-    m = None
-  keys = ('temp_size_in_bytes', 'argument_size_in_bytes', 'output_size_in_bytes',
-          'alias_size_in_bytes')
-  return {k: (int(getattr(m, k)) if m is not None and hasattr(m, k) else None) for k in keys}
 
 
 def bench_step(name: str, args, mesh) -> dict:

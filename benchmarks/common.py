@@ -1,0 +1,68 @@
+"""Measurement helpers shared by the benchmark scripts: machine description, XLA analyses, timing."""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import time
+
+import jax
+
+MIB = 2.0 ** 20
+
+
+def cpu_model() -> str:
+  try:
+    with open('/proc/cpuinfo') as f:
+      for line in f:
+        # x86 says 'model name'; some ARM kernels only 'Hardware' or 'Processor'.
+        key, _, value = line.partition(':')
+        if key.strip() in ('model name', 'Hardware', 'Processor') and value.strip():
+          return value.strip()
+  except OSError:
+    pass
+  return platform.processor() or platform.machine() or 'unknown'
+
+
+def machine_info(num_devices: int) -> dict:
+  d = jax.devices()[0]
+  return {'device_kind': d.device_kind, 'platform': d.platform,
+          'device_count': jax.device_count(), 'mesh_devices': num_devices,
+          'cpu': cpu_model(), 'cpu_count': os.cpu_count(), 'jax': jax.__version__}
+
+
+def total_flops(cost):
+  # cost_analysis() is a dict in recent JAX, a list of per-module dicts in older ones, or None.
+  if cost is None:
+    return None
+  if isinstance(cost, dict):
+    cost = [cost]
+  flops = [c.get('flops') for c in cost if c and c.get('flops') is not None]
+  return float(sum(flops)) if flops else None
+
+
+def memory_stats(compiled) -> dict:
+  try:
+    m = compiled.memory_analysis()
+  except (NotImplementedError, RuntimeError, AttributeError):
+    m = None
+  keys = ('temp_size_in_bytes', 'argument_size_in_bytes', 'output_size_in_bytes',
+          'alias_size_in_bytes')
+  return {k: (int(getattr(m, k)) if m is not None and hasattr(m, k) else None) for k in keys}
+
+
+def time_compiled(compiled, args, repeats: int, warmup: int = 1) -> list[float]:
+  """Wall seconds of `compiled(*args)` per call (outputs awaited), after `warmup` calls."""
+  for _ in range(warmup):
+    jax.block_until_ready(compiled(*args))
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    jax.block_until_ready(compiled(*args))
+    times.append(time.perf_counter() - start)
+  return times
+
+
+def median(times: list[float]) -> float:
+  return statistics.median(times)
