@@ -24,12 +24,16 @@ class MetricsWriter:
       self._tb = None
 
   def write(self, step: int, scalars: dict[str, Any], prefix: str = 'train') -> None:
+    """Undefined values (NaN, e.g. HD95 of a structure missing from the prediction) are written
+    as null and left out of TensorBoard; a NaN loss never gets here (the loop stops first)."""
     values = {k: float(np.asarray(v)) for k, v in scalars.items()}
+    values = {k: (v if np.isfinite(v) else None) for k, v in values.items()}
     self._file.write(json.dumps({'step': step, 'split': prefix, **values}) + '\n')
     self._file.flush()
     if self._tb is not None:
       for key, value in values.items():
-        self._tb.add_scalar(f'{prefix}/{key}', value, step)
+        if value is not None:
+          self._tb.add_scalar(f'{prefix}/{key}', value, step)
 
   def close(self) -> None:
     self._file.close()
