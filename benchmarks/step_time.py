@@ -35,8 +35,14 @@ from jaxseg.models import build_model  # noqa: E402
 from jaxseg.training import schedules  # noqa: E402
 from jaxseg.training import step as step_lib  # noqa: E402
 
-# Benchmark name -> experiment whose paper-profile config defines the step.
-STEPS = {'supervised': 'acdc_supervised', 'mean_teacher': 'acdc_meanteacher'}
+# Benchmark name -> (experiment, config overrides). PLGCL is measured with both embeddings: the
+# paper's patches through the encoder, and the cheaper pooling of full-image features.
+STEPS = {
+    'supervised': ('acdc_supervised', []),
+    'mean_teacher': ('acdc_meanteacher', []),
+    'plgcl': ('acdc_plgcl', []),
+    'plgcl_regions': ('acdc_plgcl', ['plgcl.embedding=regions']),
+}
 
 
 def parse_args(argv):
@@ -63,7 +69,9 @@ def parse_args(argv):
 
 
 def make_config(name: str, args):
-  config = config_lib.load_experiment(STEPS[name], 'paper')
+  experiment, overrides = STEPS[name]
+  config = config_lib.load_experiment(experiment, 'paper')
+  config_lib.apply_overrides(config, overrides)
   with config.unlocked():
     config.data.image_size = args.size
     config.data.labeled_batch = args.labeled
