@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from jaxseg.data import crag, kits19
+from jaxseg.data import crag, kits19, splits
 from jaxseg.data.sources import LazyVolumes, SegmentationData
 from jaxseg.errors import ConfigError, DataError
 
@@ -195,9 +195,9 @@ def test_kits_split_paper_proportions():
   assert kits19.split_cases(cases, seed=1) != split
   assert split['train'] != sorted(split['train'])  # permuted: labeled cases are random
   # The paper's labeled fractions of 150 training cases.
-  assert len(kits19.labeled_cases(split['train'], 0.025)) == 4
-  assert len(kits19.labeled_cases(split['train'], 0.10)) == 15
-  assert kits19.labeled_cases(split['train'], 0.10) == split['train'][:15]
+  assert len(splits.labeled_subset(split['train'], 0.025)) == 4
+  assert len(splits.labeled_subset(split['train'], 0.10)) == 15
+  assert splits.labeled_subset(split['train'], 0.10) == split['train'][:15]
 
 
 @pytest.mark.parametrize('n, sizes', [(6, (4, 1, 1)), (21, (15, 2, 4)), (3, (1, 1, 1))])
@@ -207,12 +207,12 @@ def test_kits_split_fewer_cases(n, sizes):
 
 
 def test_labeled_fraction_bounds():
-  assert kits19.labeled_cases(['a', 'b', 'c'], 0.01) == ['a']  # at least one
-  assert kits19.labeled_cases(['a', 'b', 'c'], 1.0) == ['a', 'b', 'c']
+  assert splits.labeled_subset(['a', 'b', 'c'], 0.01) == ['a']  # at least one
+  assert splits.labeled_subset(['a', 'b', 'c'], 1.0) == ['a', 'b', 'c']
   for bad in (0.0, -0.1, 1.5):
     with pytest.raises(ConfigError, match='labeled_fraction'):
-      kits19.labeled_cases(['a'], bad)
-  with pytest.raises(DataError, match='split_cases'):
+      splits.labeled_subset(['a'], bad)
+  with pytest.raises(DataError, match='KiTS19 split: need at least 3'):
     kits19.split_cases(['a', 'b'])
 
 

@@ -21,8 +21,7 @@ from collections.abc import Sequence
 import ml_collections
 import numpy as np
 
-from jaxseg.data import readers
-from jaxseg.data.kits19 import check_num_classes, num_labeled, round_half_up
+from jaxseg.data import readers, splits
 from jaxseg.data.sources import LazyVolumes, SegmentationData, VolumeSliceSource
 from jaxseg.data.volume import Volume
 from jaxseg.errors import ConfigError, DataError
@@ -200,19 +199,7 @@ def split_images(names: Sequence[str], seed: int = 0) -> dict[str, list[str]]:
   Raises:
     DataError: fewer than 3 images, or a name given twice.
   """
-  names = sorted(names)
-  if len(set(names)) != len(names):
-    raise DataError(f'split_images: duplicate image names in {names}')
-  if len(names) < 3:
-    raise DataError(f'split_images: need at least 3 images for train/val/test, got {len(names)}')
-  total = sum(PAPER_SPLIT.values())
-  n_val = max(1, round_half_up(len(names) * PAPER_SPLIT['val'] / total))
-  n_test = max(1, round_half_up(len(names) * PAPER_SPLIT['test'] / total))
-  n_train = len(names) - n_val - n_test
-  order = [names[i] for i in np.random.default_rng(seed).permutation(len(names))]
-  return {'train': order[:n_train],
-          'val': sorted(order[n_train:n_train + n_val]),
-          'test': sorted(order[n_train + n_val:])}
+  return splits.seeded_split(names, PAPER_SPLIT, seed, 'CRAG split')
 
 
 def load_crag(config: ml_collections.ConfigDict) -> SegmentationData:
@@ -222,13 +209,13 @@ def load_crag(config: ml_collections.ConfigDict) -> SegmentationData:
   `data.labeled_num` images); optional `data.split_seed` (default 0) and `data.crag_channels`
   (default 1; see `load_image`).
   """
-  check_num_classes(config, NUM_CLASSES, 'CRAG')
+  splits.check_num_classes(config, NUM_CLASSES, 'CRAG')
   root = config.data.dir
   channels = int(config.data.get('crag_channels', 1))
   paths = find_images(root)
   split = split_images(list(paths), seed=int(config.data.get('split_seed', 0)))
   train = split['train']
-  n_labeled = num_labeled(config, len(train), root)
+  n_labeled = splits.num_labeled(config, len(train), root)
 
   def load(name: str) -> Volume:
     return load_image(paths[name], channels=channels)

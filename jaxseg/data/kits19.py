@@ -11,7 +11,7 @@ PLGCL (Basak & Yin, CVPR 2023, section 4.1) splits the 210 cases 150/20/40 (trai
 (section 4.2); neither the case lists nor the CT window are published, so:
   - the split is a seeded permutation of the sorted case names (`split_cases`);
   - the labeled cases are the first round(fraction x 150) cases of that permuted training
-    list: 4 cases for 2.5%, 15 for 10% (`labeled_cases`);
+    list: 4 cases for 2.5%, 15 for 10% (`splits.labeled_subset`);
   - intensities are clipped to -79..304 HU, the KiTS19 window of nnU-Net (Isensee et al.,
     Nature Methods 2021: the 0.5 and 99.5 percentiles of the foreground HU), then mapped
     linearly to [0, 1] by the window bounds (`window_ct`).
@@ -19,7 +19,6 @@ PLGCL (Basak & Yin, CVPR 2023, section 4.1) splits the 210 cases 150/20/40 (trai
 
 from __future__ import annotations
 
-import math
 import os
 import re
 from collections.abc import Sequence
@@ -27,7 +26,7 @@ from collections.abc import Sequence
 import ml_collections
 import numpy as np
 
-from jaxseg.data import readers, transforms
+from jaxseg.data import readers, splits, transforms
 from jaxseg.data.sources import LazyVolumes, SegmentationData, VolumeSliceSource
 from jaxseg.data.volume import Volume
 from jaxseg.errors import ConfigError, DataError
@@ -143,19 +142,6 @@ def load_case(case_dir: str | os.PathLike, *, window: tuple[float, float] = DEFA
   )
 
 
-def _split_sizes(n: int, proportions: Sequence[int]) -> tuple[int, int, int]:
-  """(train, val, test) counts of n in the given proportions; val and test at least 1 each."""
-  total = sum(proportions)
-  n_val = max(1, round_half_up(n * proportions[1] / total))
-  n_test = max(1, round_half_up(n * proportions[2] / total))
-  return n - n_val - n_test, n_val, n_test
-
-
-def round_half_up(x: float) -> int:
-  # Python's round() rounds halves to even; half-up is the rule a reader expects from "round".
-  return int(math.floor(x + 0.5))
-
-
 def split_cases(cases: Sequence[str], seed: int = 0) -> dict[str, list[str]]:
   """The paper's 150/20/40 split, as a seeded permutation of the sorted case names.
 
@@ -168,43 +154,7 @@ def split_cases(cases: Sequence[str], seed: int = 0) -> dict[str, list[str]]:
   Raises:
     DataError: fewer than 3 cases, or a name given twice.
   """
-  names = sorted(cases)
-  if len(set(names)) != len(names):
-    raise DataError(f'split_cases: duplicate case names in {names}')
-  if len(names) < 3:
-    raise DataError(f'split_cases: need at least 3 cases for train/val/test, got {len(names)}')
-  n_train, n_val, _ = _split_sizes(len(names), (PAPER_SPLIT['train'], PAPER_SPLIT['val'],
-                                                PAPER_SPLIT['test']))
-  order = [names[i] for i in np.random.default_rng(seed).permutation(len(names))]
-  return {'train': order[:n_train],
-          'val': sorted(order[n_train:n_train + n_val]),
-          'test': sorted(order[n_train + n_val:])}
-
-
-def labeled_cases(train: Sequence[str], fraction: float) -> list[str]:
-  """The first round(fraction x len(train)) training names (half up, at least 1)."""
-  if not 0.0 < fraction <= 1.0:
-    raise ConfigError(f'data.labeled_fraction : must be in (0, 1], got {fraction}')
-  n = min(len(train), max(1, round_half_up(fraction * len(train))))
-  return list(train[:n])
-
-
-def num_labeled(config: ml_collections.ConfigDict, num_train: int, what: str) -> int:
-  """How many training items are labeled: `data.labeled_fraction` if set (> 0), else
-  `data.labeled_num` items."""
-  fraction = config.data.get('labeled_fraction', None)
-  if fraction:
-    return len(labeled_cases(range(num_train), float(fraction)))
-  n = int(config.data.labeled_num)
-  if not 0 < n <= num_train:
-    raise DataError(f'{what}: --labeled-num {n} must be between 1 and {num_train}')
-  return n
-
-
-def check_num_classes(config: ml_collections.ConfigDict, expected: int, dataset: str) -> None:
-  if config.num_classes != expected:
-    raise ConfigError(f'num_classes : {dataset} has {expected} classes (background included), '
-                      f'the config says {config.num_classes}')
+  return splits.seeded_split(cases, PAPER_SPLIT, seed, 'KiTS19 split')
 
 
 def _resize_volume(volume: Volume, size: int, image_order: int) -> Volume:
@@ -232,7 +182,7 @@ def load_kits19(config: ml_collections.ConfigDict) -> SegmentationData:
   kept, including those without kidney, as SSL4MIS does for ACDC. Evaluation volumes stay at
   native size and spacing.
   """
-  check_num_classes(config, NUM_CLASSES, 'KiTS19')
+  splits.check_num_classes(config, NUM_CLASSES, 'KiTS19')
   root = config.data.dir
   window = tuple(config.data.get('kits_window', DEFAULT_WINDOW))
   window_ct(np.zeros(1), window)  # checks the window before any file is read
@@ -252,7 +202,7 @@ def load_kits19(config: ml_collections.ConfigDict) -> SegmentationData:
     raise DataError(f'{root}: no KiTS19 cases with segmentation.nii.gz found')
   split = split_cases(cases, seed=int(config.data.get('split_seed', 0)))
   train = split['train']
-  n_labeled = num_labeled(config, len(train), root)
+  n_labeled = splits.num_labeled(config, len(train), root)
   train_size = int(config.data.get('kits_train_size', 0))
 
   def load(case: str) -> Volume:
