@@ -254,3 +254,15 @@ def test_plgcl_switches_on_after_warmup_without_recompiling(embedding):
   np.testing.assert_allclose(weights, [0, 0, 0.2, 0.2], rtol=1e-6)
   assert np.all(np.isfinite(losses)) and min(losses) > 0
   assert jitted._cache_size() == 1
+
+
+def test_pool_regions_matches_patch_means():
+  from jaxseg.methods.plgcl import pool_regions
+  bottleneck = jnp.arange(2 * 4 * 4 * 3, dtype=jnp.float32).reshape(2, 4, 4, 3)
+  # image 64, bottleneck 4x4 (stride 16), patch 32 -> 2x2 cells per patch, 4 patches per image.
+  pooled = pool_regions(bottleneck, 64, 32)
+  chex.assert_shape(pooled, (2, 4, 3))
+  np.testing.assert_allclose(pooled[1, 2], bottleneck[1, 2:4, 0:2].mean(axis=(0, 1)))
+  from jaxseg.errors import ConfigError
+  with pytest.raises(ConfigError, match='multiple of the encoder stride'):
+    pool_regions(bottleneck, 64, 24)

@@ -34,6 +34,18 @@ def confidence_maps(out, config) -> jax.Array:
   return jnp.concatenate([labeled, unlabeled], axis=0)
 
 
+def pool_regions(bottleneck_BhwC: jax.Array, image_size: int, patch: int) -> jax.Array:
+  """(B, P, C): the bottleneck averaged over each patch's region, in `patch_grid` order."""
+  stride = image_size // bottleneck_BhwC.shape[1]
+  if patch % stride:
+    raise ConfigError(f'plgcl.patch={patch} must be a multiple of the encoder stride {stride} '
+                      'for plgcl.embedding=regions')
+  cell = patch // stride
+  b, h, w, c = bottleneck_BhwC.shape
+  pooled = bottleneck_BhwC.reshape(b, h // cell, cell, w // cell, cell, c).mean(axis=(2, 4))
+  return pooled.reshape(b, -1, c)
+
+
 def patch_embeddings(out, images_BHW, stats, config) -> jax.Array:
   """(B, P, D) student embeddings of the grid patches, in `patch_grid` order."""
   p = config.plgcl
@@ -46,8 +58,14 @@ def patch_embeddings(out, images_BHW, stats, config) -> jax.Array:
     patches = attended_BPS.reshape(-1, p.patch, p.patch, 1)
     return out.apply(patches, method='embed_patches').reshape(b, label_BP.shape[1], -1)
   if p.embedding == 'regions':
-    return out.apply(images_BHW[..., None],
-                     method=lambda model, x, train: model.embed_regions(x, p.patch, train))
+    # The cheaper option: the bottleneck the main forward already computed, averaged over each
+    # patch's region, through the head only (no second encoder pass).
+    bottleneck = jnp.concatenate([out.student_labeled['bottleneck'],
+                                  out.student_unlabeled['bottleneck']], axis=0)
+    pooled = pool_regions(bottleneck, images_BHW.shape[1], p.patch)
+    b, num_patches, c = pooled.shape
+    return out.apply(pooled.reshape(b * num_patches, c), method='project').reshape(
+        b, num_patches, -1)
   raise ConfigError(f'plgcl.embedding: unknown {p.embedding!r}; known: {EMBEDDINGS}')
 
 

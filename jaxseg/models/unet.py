@@ -7,7 +7,7 @@ decoder. Arrays are NHWC.
 
 With `projection_dim > 0` the model also has a shallow projection head (global average pool of the
 bottleneck, Dense-ReLU-Dense, L2 normalization), used by patch-level contrast: `embed_patches`
-runs the encoder and the head on a batch of patches.
+runs the encoder and the head on a batch of patches, `project` the head on pooled features.
 """
 
 from __future__ import annotations
@@ -137,17 +137,7 @@ class UNet(nn.Module):
     """Encoder, global average pool and projection head on image patches: (N, projection_dim)."""
     return self.head(self.encoder(patches_NHWC, train)[-1].mean(axis=(1, 2)))
 
-  def embed_regions(self, x_BHWC: jax.Array, patch: int, train: bool = False) -> jax.Array:
-    """The cheaper option: pool the full-image bottleneck over each patch's region, then project.
-
-    Returns (B, P, projection_dim) in `patch_grid`'s row-major order; `patch` must be a multiple
-    of the bottleneck's stride.
-    """
-    bottleneck = self.encoder(x_BHWC, train)[-1]
-    stride = x_BHWC.shape[1] // bottleneck.shape[1]
-    if patch % stride:
-      raise ValueError(f'patch {patch} is not a multiple of the encoder stride {stride}')
-    cell = patch // stride
-    b, h, w, c = bottleneck.shape
-    pooled = bottleneck.reshape(b, h // cell, cell, w // cell, cell, c).mean(axis=(2, 4))
-    return self.head(pooled.reshape(b, -1, c))
+  def project(self, x_ND: jax.Array, train: bool = False) -> jax.Array:
+    """The projection head alone, on already pooled features (N, channels[-1])."""
+    del train  # the head has no dropout or normalization statistics
+    return self.head(x_ND)
