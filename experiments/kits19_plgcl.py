@@ -5,9 +5,10 @@
 
 Paper (Table 2, KiTS19, 10% labeled): DSC 0.919, HD95 6.32, ASD 1.51 (fully supervised 0.934).
 Split 150/20/40 of the 210 cases (the paper's split is unpublished: a seeded permutation,
-`data.split_seed`); CT windowed to -79..304 HU; slices resized to 256 at load (512 native does
-not fit in 24 GB as float32 for 150 cases). Same method settings as acdc_plgcl. Without
---data-dir: the synthetic cardiac phantom at the CPU profile, to exercise the method only.
+`data.split_seed`); CT windowed to -79..304 HU; slices resized to 256 at load (estimated, not
+measured: 150 cases at 512x512 in float32 would need over 30 GB). Same method settings as
+acdc_plgcl. Without --data-dir: the synthetic cardiac phantom at the CPU profile, to exercise the
+method only.
 """
 
 from jaxseg import config as config_lib
