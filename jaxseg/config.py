@@ -93,7 +93,9 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.eval = ml_collections.ConfigDict(dict(
       every=200, patch_size=256, interp_order=0, empty='nan', batch_size=32,
-      units='voxels'))  # 'voxels' as SSL4MIS, or 'mm' when the data has spacing
+      units='voxels',  # 'voxels' as SSL4MIS, or 'mm' when the data has spacing
+      mode='slices',  # 'slices' (2D networks) or 'sliding_window' (3D; window, stride in voxels)
+      window=(112, 112, 80), stride=(18, 18, 4)))
   c.checkpoint = ml_collections.ConfigDict(dict(every=1000, keep=2))
   c.log_every = 10
   c.mesh = ml_collections.ConfigDict(dict(num_devices=0))  # 0: all local devices

@@ -1,6 +1,7 @@
 """Slice-by-slice volume prediction and per-volume evaluation with an oracle network."""
 
 import jax
+import ml_collections
 import numpy as np
 import pytest
 
@@ -40,10 +41,25 @@ def test_prediction_returns_to_native_size(shape, patch):
   assert np.mean(prediction == volume.label) > 0.95
 
 
+def slices(logits_fn, patch_size):
+  return lambda image: inference.predict_volume(logits_fn, image, patch_size, batch_size=2)
+
+
+def test_slice_probabilities_sum_to_one_and_agree_with_labels():
+  volume = _volume((3, 20, 24), seed=1)
+  config = ml_collections.ConfigDict(dict(eval=dict(
+      mode='slices', patch_size=16, interp_order=0, batch_size=2)))
+  probs = inference.predict(oracle_logits, volume.image, config, probabilities=True)
+  labels = inference.predict(oracle_logits, volume.image, config)
+  assert probs.shape == (3, 20, 24, 4)
+  np.testing.assert_allclose(probs.sum(-1), 1.0, rtol=1e-5)
+  assert np.mean(probs.argmax(-1) == labels) > 0.95
+
+
 def test_evaluate_volumes_perfect_oracle_and_units():
   volumes = [_volume((3, 16, 16), seed=i, spacing=(5.0, 1.5, 1.5)) for i in range(2)]
   per_volume, summary = inference.evaluate_volumes(
-      oracle_logits, volumes, num_classes=4, patch_size=16, progress=False)
+      slices(oracle_logits, 16), volumes, num_classes=4, progress=False)
   np.testing.assert_allclose(summary['dice']['mean'], 1.0)
   np.testing.assert_allclose(summary['hd95']['mean'], 0.0)
   assert [v['name'] for v in per_volume] == ['v', 'v']
@@ -51,15 +67,15 @@ def test_evaluate_volumes_perfect_oracle_and_units():
   def shifted(images):  # predicts every class one row lower: HD = 1 row = 1.5 mm
     return np.roll(oracle_logits(images), 1, axis=1)
 
-  _, in_voxels = inference.evaluate_volumes(shifted, volumes, num_classes=4, patch_size=16,
+  _, in_voxels = inference.evaluate_volumes(slices(shifted, 16), volumes, num_classes=4,
                                             progress=False)
-  _, in_mm = inference.evaluate_volumes(shifted, volumes, num_classes=4, patch_size=16,
-                                        units='mm', progress=False)
+  _, in_mm = inference.evaluate_volumes(slices(shifted, 16), volumes, num_classes=4, units='mm',
+                                        progress=False)
   np.testing.assert_allclose(in_voxels['hd95']['mean'], 1.0)
   np.testing.assert_allclose(in_mm['hd95']['mean'], 1.5)
 
 
 def test_mm_without_spacing_is_refused():
   with pytest.raises(ValueError, match='spacing unknown'):
-    inference.evaluate_volumes(oracle_logits, [_volume((2, 8, 8))], num_classes=4, patch_size=8,
+    inference.evaluate_volumes(slices(oracle_logits, 8), [_volume((2, 8, 8))], num_classes=4,
                                units='mm', progress=False)

@@ -49,10 +49,9 @@ def make_logits_fn(model):
 
 
 def evaluate_split(logits_fn, volumes, config, progress: bool = True):
-  e = config.eval
   return inference.evaluate_volumes(
-      logits_fn, volumes, num_classes=config.num_classes, patch_size=e.patch_size,
-      interp_order=e.interp_order, batch_size=e.batch_size, units=e.units, empty=e.empty,
+      lambda image: inference.predict(logits_fn, image, config), volumes,
+      num_classes=config.num_classes, units=config.eval.units, empty=config.eval.empty,
       progress=progress)
 
 
