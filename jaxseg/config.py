@@ -31,11 +31,16 @@ def base_config() -> ml_collections.ConfigDict:
   c.data = ml_collections.ConfigDict()
   c.data.dir = ''  # empty: the built-in synthetic phantom
   c.data.labeled_num = 7  # patients (ACDC) or volumes (synthetic); SSL4MIS 7 = 136 slices
-  c.data.labeled_fraction = 0.0  # KiTS19/CRAG: fraction of training cases labeled (0: labeled_num)
-  c.data.split_seed = 0  # KiTS19/CRAG have no published split: a seeded permutation
+  # KiTS19, CRAG, MSD, MM-WHS: the fraction of training cases labeled (0: labeled_num).
+  c.data.labeled_fraction = 0.0
+  c.data.split_seed = 0  # KiTS19/CRAG/MSD/MM-WHS have no published split: a seeded permutation
   c.data.kits_window = (-79.0, 304.0)  # HU window (nnU-Net's KiTS19 foreground percentiles)
   c.data.kits_train_size = 0  # resize KiTS19 training slices at load (0: native 512)
   c.data.crag_channels = 1  # CRAG: 1 (BT.601 luma) or 3 (RGB)
+  # Hu et al. (MICCAI 2021) train at 64 (Hippocampus) and 160 (MM-WHS): resize training
+  # slices at load, which also keeps MM-WHS's 512x512 CT in memory at a tenth (0: native).
+  c.data.msd_train_size = 64  # MSD task (Hippocampus) training slices
+  c.data.mmwhs_train_size = 160  # MM-WHS CT training slices
   c.data.image_size = 256
   c.data.labeled_batch = 12
   c.data.unlabeled_batch = 12
@@ -43,7 +48,26 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.crop_size = 0  # 0: no crop
   c.data.image_order = 0  # spline order for image rotation/resize; SSL4MIS uses 0 (nearest)
   c.data.strong_ops = ()  # SSL4MIS mean teacher perturbs with input noise instead (see losses)
+  # Views the streams produce (jaxseg/data/pipeline.py): 'twin' adds an intensity-only twin of
+  # each labeled image (supervised local contrast); the unlabeled stream can read every training
+  # image ('all', labels dropped: global contrast) with independently drawn geometry per view.
+  c.data.labeled_views = 'single'
+  c.data.twin_ops = ('brightness', 'contrast', 'gamma', 'noise')
+  c.data.unlabeled_source = 'unlabeled'
+  c.data.unlabeled_views = 'shared'
+
   c.data.read_threads = 4
+  # 3D runs (LA, Pancreas, the 3D phantom): a non-empty training crop (D, H, W) makes the run 3D.
+  # Volumes keep their stored axis order (LA h5 and NIfTI: x, y, z with z the slice axis last),
+  # so UA-MT's crop 112x112x80 and stride 18x18x4 apply verbatim.
+  c.data.crop_shape = ()
+  c.data.rot_flip = True  # UA-MT's RandomRotFlip before the crop (MCF's code crops only)
+  c.data.strong_noise = 0.0  # 3D image_strong = image_weak + clip(N(0, s), -2s, 2s); 0: equal
+  c.data.holdout_num = 4  # LA/Pancreas without test.list: last N of train.list validate
+  c.data.pancreas_window = (-120.0, 240.0)  # HU (Karimijafarbigloo et al., section 3)
+  c.data.pancreas_margin = 25  # voxels kept around the pancreas bounding box
+  c.data.synthetic3d = ml_collections.ConfigDict(
+      dict(num_train=24, num_val=4, num_test=4, size=48))
   c.data.synthetic = ml_collections.ConfigDict(
       dict(num_train=40, num_val=8, num_test=8, num_slices=8, size=128))
 
@@ -54,14 +78,25 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.norm = 'batch'
   c.model.projection_dim = 0  # > 0 adds a projection head (patch/global contrast)
   c.model.projection_hidden = 256
+  c.model.pixel_projection_dim = 0  # > 0 adds a per-pixel head (local pixel contrast)
+  c.model.pixel_projection_hidden = 0  # 0: the decoder's width (channels[0])
+  # 3D networks (jaxseg/models/{vnet,resnet3d,dualstream}.py): name 'vnet', 'resnet3d' or
+  # 'dualstream' (two subnets on one input, `subnets` in order a, b).
+  c.model.subnets = ('vnet', 'resnet3d')
+  c.model.base_filters = 16  # UA-MT/MCF n_filters: widths 16..256; also the feature channels
+  c.model.resnet_blocks = (3, 4, 6, 3)  # ResNet-34 basic blocks per stage
+  c.model.dropout_3d = 0.5  # channel dropout on the last decoder map (and the V-Net bottleneck)
+  c.model.vnet_residual = False  # UA-MT/MCF use plain conv stages; True: V-Net's residual ones
 
   c.optimizer = ml_collections.ConfigDict()
   c.optimizer.name = 'sgd'  # 'sgd' (SSL4MIS) or 'adam' (PLGCL)
   c.optimizer.lr = 0.01
   c.optimizer.momentum = 0.9
   c.optimizer.weight_decay = 1e-4
-  c.optimizer.schedule = 'poly'  # 'poly' (power 0.9 to zero at `steps`) or 'constant'
+  c.optimizer.schedule = 'poly'  # 'poly' (power 0.9 to zero at `steps`), 'constant' or 'step'
   c.optimizer.poly_power = 0.9
+  c.optimizer.decay_every = 2500  # 'step': lr x decay_factor every decay_every steps (UA-MT, MCF)
+  c.optimizer.decay_factor = 0.1
 
   # Loss terms summed by the train step, by registry name (jaxseg/training/objectives.py).
   c.losses = ('supervised',)
@@ -90,6 +125,58 @@ def base_config() -> ml_collections.ConfigDict:
       embedding='patches',  # 'patches' through the encoder (paper) or pooled 'regions'
       pseudo_label='student',  # confidence maps of unlabeled images: 'student' (paper) or 'teacher'
   ))
+  # Dual-stream 3D (jaxseg/methods/dualstream.py, jaxseg/losses/dualstream.py); paper values
+  # where it gives them, the rest are choices recorded in BUILD_NOTES.md.
+  c.dualstream = ml_collections.ConfigDict(dict(
+      unlabeled_weight=1.0,  # lambda_u (eq. 3)
+      contrast_weight=0.1,  # lambda_c at t_max (eq. 3)
+      contrast_schedule='rampup',  # 0.1 e^{-5(1-t)^2}; 'paper' 0.1 e^{4(1-t)^2}; 'constant'
+      rampup_length=0,  # steps over which lambda_c's schedule runs (t_max); 0: config.steps
+      rampup_interval=1,  # the authors' code advances its ramp every 150 iterations
+      dice_background=False,  # Dice over the foreground classes (UA-MT, MCF) or all classes
+      pseudo_label='lower_loss',  # argmax of the subnet with the lower L_s (Fig. 1); 'union' (code)
+      unlabeled_targets='both',  # subnets trained on the pseudo-label: 'both' or only the 'other'
+      reliability='percentile',  # entropy filter: batch 'percentile' or normalized 'threshold'
+      entropy_percentile=80.0,  # reliable: entropy below this batch percentile (code: 20)
+      entropy_threshold=0.5,  # reliable: entropy / log K below this
+      reg_weight=1.0,  # L_reg's weight inside L_u; 0 is the paper's ablation without it
+      reg_threshold_start=0.6, reg_threshold_end=0.9,  # T of eq. 4, linear from step 0 to steps
+      reg_normalize='voxels',  # eq. 5's sum divided by all voxels, or by the disagreeing ('mask')
+      distance='sq_euclidean',  # d of eq. 7 (prototypical networks), or 'euclidean'
+      temperature=1.0,  # eq. 7's softmax over -d / temperature
+      separation_weight=1.0,  # the prototypes' push-apart term in L_c
+      proto_from_labeled=False,  # ground-truth voxels of labeled volumes join the reliable set
+      detach_unlabeled=False,  # True: the public code (unlabeled volumes give no gradient)
+  ))
+
+  # Hu et al. 2021 (jaxseg/methods/hu.py): SimCLR global contrast (eq. 1) and supervised local
+  # pixel contrast (eq. 2) made tractable by stride or block division, or exact (tiled).
+  c.global_contrast = ml_collections.ConfigDict(dict(weight=1.0, tau=0.5))
+  c.local_contrast = ml_collections.ConfigDict(dict(
+      name='local_contrast', weight=1.0, tau=0.1,
+      form='supcon',  # 'supcon' (Hu et al.'s code) or 'hu' (eq. 2 as printed)
+      mode='stride',  # 'stride', 'block', 'sampled', 'tiled' (exact) or 'dense' (tiny only)
+      stride=4, block=16, num_per_class=64, tile=1024,
+      # Blocks contrasted at a time (0: all at once). Hu's code contrasts each block position
+      # over the whole batch: 256 blocks of 8 x 256 pixels at 256x256 are 4 GiB of logits at once.
+      blocks_per_step=16,
+      features='head',  # pixel head h2 on the decoder map, or the normalized 'decoder' map itself
+  ))
+  # LCLPL (jaxseg/methods/lclpl.py): local contrast on ground truth and pseudo-labels.
+  c.lclpl = ml_collections.ConfigDict(dict(
+      weight=0.1, tau=0.1,
+      form='authors',  # 'authors' (3 anchors per class, class-mean positive) or 'pixel' (tiled)
+      num_anchors=3, tile=1024,
+      require_all_classes=True,  # the code's protocol: only slices containing every class
+  ))
+  # Multi-stage runs (jaxseg/training/stages.py): stage names in order, each a partial config in
+  # `stages` merged over this one. Empty: one stage, this config.
+  c.stage_order = ()
+  c.stages = ml_collections.ConfigDict()
+  # What a stage starts from: 'previous' (the last state of the stage before; the first stage
+  # starts from scratch) or 'previous_best' (its best checkpoint by validation Dice), and whether
+  # the unlabeled images get pseudo-labels from that model first (self-training).
+  c.stage = ml_collections.ConfigDict(dict(name='', init='previous', pseudo_labels=False))
 
   c.eval = ml_collections.ConfigDict(dict(
       every=200, patch_size=256, interp_order=0, empty='nan', batch_size=32,
@@ -98,6 +185,7 @@ def base_config() -> ml_collections.ConfigDict:
       window=(112, 112, 80), stride=(18, 18, 4)))
   c.checkpoint = ml_collections.ConfigDict(dict(every=1000, keep=2))
   c.log_every = 10
+  c.report = True  # write report/ (figures + report.md, jaxseg/report.py) when training ends
   c.mesh = ml_collections.ConfigDict(dict(num_devices=0))  # 0: all local devices
   return c
 
@@ -117,13 +205,19 @@ def list_experiments() -> list[str]:
   return sorted(p.stem for p in EXPERIMENTS_DIR.glob('*.py') if not p.stem.startswith('_'))
 
 
-def load_experiment(name: str, profile: str) -> ml_collections.ConfigDict:
-  """Imports `experiments/<name>.py` and returns its `get_config(profile)`."""
-  path = find_experiment(name)
+def experiment_module(name: str):
+  """Imports `experiments/<name>.py` (an experiment, or a shared `_helper` of several)."""
+  path = EXPERIMENTS_DIR / f'{name}.py' if not name.endswith('.py') else pathlib.Path(name)
   spec = importlib.util.spec_from_file_location(f'jaxseg_experiment_{path.stem}', path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
-  config = module.get_config(profile)
+  return module
+
+
+def load_experiment(name: str, profile: str) -> ml_collections.ConfigDict:
+  """Imports `experiments/<name>.py` and returns its `get_config(profile)`."""
+  path = find_experiment(name)
+  config = experiment_module(str(path)).get_config(profile)
   config.experiment = path.stem
   return config
 
@@ -157,12 +251,76 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: list[str]) -> 
       node[leaf] = value
 
 
+# Keys a stage may not change: every stage trains the same network on the same data, and the
+# final stage's checkpoints are evaluated with the run's top-level config.
+FIXED_ACROSS_STAGES = ('model', 'num_classes', 'class_names', 'seed', 'stage_order', 'stages')
+
+
+def stage_config(config: ml_collections.ConfigDict, name: str) -> ml_collections.ConfigDict:
+  """`config` with the partial config `config.stages[name]` merged over it (a single-stage one)."""
+  if name not in config.stages:
+    raise ConfigError(f'stage_order names {name!r}, but stages has no such entry '
+                      f'(stages: {", ".join(config.stages.keys()) or "none"})')
+  partial = config.stages[name]
+  fixed = sorted(set(partial.keys()) & set(FIXED_ACROSS_STAGES))
+  if fixed:
+    raise ConfigError(f'stages.{name}: may not change {", ".join(fixed)} (fixed for all stages)')
+  merged = ml_collections.ConfigDict(config.to_dict())
+
+  def merge(node, update, path):
+    for key, value in update.items():
+      if key not in node:
+        raise ConfigError(f'stages.{name}.{path}{key}: unknown config key')
+      if isinstance(value, ml_collections.ConfigDict):
+        merge(node[key], value, f'{path}{key}.')
+      else:
+        node[key] = value
+
+  with merged.unlocked():
+    merge(merged, partial, '')
+    merged.stage_order = ()
+    merged.stages = ml_collections.ConfigDict()
+    merged.stage.name = name
+  return merged
+
+
+def final_stage_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  return stage_config(config, config.stage_order[-1]) if config.stage_order else config
+
+
+def total_steps(config: ml_collections.ConfigDict) -> int:
+  if not config.stage_order:
+    return config.steps
+  return sum(stage_config(config, name).steps for name in config.stage_order)
+
+
+def set_total_steps(config: ml_collections.ConfigDict, steps: int) -> None:
+  """Sets the training budget; a staged run keeps its stages' proportions (at least 1 step each,
+  the rounding remainder going to the last stage), so `--steps` compares methods at one budget."""
+  if steps < 1:
+    raise ConfigError(f'--steps {steps}: must be at least 1')
+  if not config.stage_order:
+    config.steps = steps
+    return
+  lengths = [stage_config(config, name).steps for name in config.stage_order]
+  scaled = [max(1, round(n * steps / sum(lengths))) for n in lengths[:-1]]
+  last = steps - sum(scaled)
+  if last < 1:
+    raise ConfigError(f'--steps {steps}: too few for {len(lengths)} stages')
+  for name, n in zip(config.stage_order, scaled + [last]):
+    config.stages[name].steps = n
+
+
 def to_json(config: ml_collections.ConfigDict) -> str:
   return json.dumps(config.to_dict(), indent=2, sort_keys=True, default=list)
 
 
-def read_run_config(workdir: str) -> ml_collections.ConfigDict:
-  """The resolved config a run saved in `<workdir>/config.json`."""
+def read_run_config(workdir: str, resolve_stages: bool = True) -> ml_collections.ConfigDict:
+  """The config a run saved in `<workdir>/config.json`.
+
+  For a multi-stage run this is the final stage's config (the one whose checkpoints are in
+  `<workdir>/checkpoints`: what evaluation and prediction need), unless `resolve_stages` is off.
+  """
   path = os.path.join(workdir, 'config.json')
   if not os.path.isfile(path):
     raise DataError(f'{path}: missing; {workdir} is not a jaxseg run directory')
@@ -171,10 +329,33 @@ def read_run_config(workdir: str) -> ml_collections.ConfigDict:
       config = from_json(f.read())
   except (OSError, UnicodeDecodeError, json.JSONDecodeError, TypeError, ValueError) as e:
     raise DataError(f'{path}: not a valid jaxseg run config ({type(e).__name__}: {e})') from None
-  missing = sorted(set(base_config().keys()) - set(config.keys()))
+  missing = sorted(set(CORE_KEYS) - set(config.keys()))
   if missing:
     raise DataError(f'{path}: not a complete jaxseg run config (missing {", ".join(missing)})')
-  return config
+  config = with_defaults(config)
+  return final_stage_config(config) if resolve_stages else config
+
+
+# A run's config.json must hold these; keys added to the library since the run was made take
+# their defaults (with_defaults), so older runs stay readable.
+CORE_KEYS = ('data', 'model', 'losses', 'num_classes', 'steps', 'optimizer', 'eval')
+
+
+def with_defaults(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """`config` over `base_config()`: keys it lacks (newer than the run) get their defaults."""
+  merged = base_config()
+
+  def merge(node, update):
+    for key, value in update.items():
+      if key in node and isinstance(node[key], ml_collections.ConfigDict) and isinstance(
+          value, ml_collections.ConfigDict) and key != 'stages':
+        merge(node[key], value)
+      else:
+        node[key] = value
+
+  with merged.unlocked():
+    merge(merged, config)
+  return merged
 
 
 def from_json(text: str) -> ml_collections.ConfigDict:

@@ -42,7 +42,7 @@ def main(argv=None) -> int:
     if args.split not in data.splits:
       raise DataError(f'{config.data.dir or "synthetic"}: no {args.split} split in this dataset')
     model = build_model(config)
-    template = step_lib.init_state(model, schedules.optimizer(config), config)
+    template = step_lib.abstract_state(model, schedules.optimizer(config), config)
     ckpts = checkpoint.Checkpoints(args.workdir, create=False)
     state, _, meta = ckpts.restore(args.checkpoint, template)
     volumes = data.splits[args.split]

@@ -40,7 +40,7 @@ def resolve_config(args):
     if args.labeled_num is not None:
       config.data.labeled_num = args.labeled_num
     if args.steps is not None:
-      config.steps = args.steps
+      config_lib.set_total_steps(config, args.steps)
   return config, profile
 
 
@@ -54,7 +54,8 @@ def main(argv=None) -> int:
         'runs', f'{config.experiment}-{datetime.datetime.now():%Y%m%d-%H%M%S}')
     if profile == 'cpu':
       print(f'No --data-dir: running {config.experiment} on the built-in synthetic cardiac '
-            f'phantom with its CPU profile ({config.steps} steps at {config.data.image_size}px).',
+            f'phantom with its CPU profile ({config_lib.total_steps(config)} steps at '
+            f'{config.data.image_size}px).',
             flush=True)
     print(f'run directory: {workdir}', flush=True)
     from jaxseg.training.loop import train_and_evaluate  # imports JAX: after argument checks

@@ -30,14 +30,25 @@ def tiny_config(experiment: str = 'smoke', **data):
   with config.unlocked():
     all_labeled = config.data.labeled_num >= config.data.synthetic.num_train
     projection_dim, strong_ops = config.model.projection_dim, config.data.strong_ops
+    pixel_projection_dim = config.model.pixel_projection_dim
     for key in ('data', 'model', 'eval', 'checkpoint'):
       config[key].update(smoke[key].to_dict())
     config.model.projection_dim = min(projection_dim, 16)  # a method's head stays, smaller
+    config.model.pixel_projection_dim = min(pixel_projection_dim, 8)
     config.data.strong_ops = strong_ops  # the experiment's augmentation is part of its method
     if all_labeled:  # a fully supervised experiment stays fully supervised
       config.data.labeled_num = smoke.data.synthetic.num_train
     config.data.update(data)
     config.steps = smoke.steps
     config.log_every = 1
+    config.report = False  # tests/test_report.py covers it; 5-10 s per run otherwise
+    for stage in config.stages.values():  # every stage of a staged run shrinks the same way
+      stage.steps = 2  # stages run in sequence: keep each short
+      if 'data' in stage:
+        for key in ('labeled_batch', 'unlabeled_batch', 'image_size'):
+          if key in stage.data:
+            stage.data[key] = smoke.data[key]
+      if 'eval' in stage and stage.eval.get('every'):
+        stage.eval.every = smoke.eval.every
     config.mean_teacher.update(start_step=0, rampup_length=4, rampup_interval=1)
   return config

@@ -5,7 +5,15 @@ Layouts:
   acdc_nifti   the original ACDC release: `patientXXX/patientXXX_frameYY[_gt].nii.gz`, `Info.cfg`.
   kits19       KiTS19 CT: `case_XXXXX/imaging.nii.gz` and `segmentation.nii.gz` (kits19.py).
   crag         CRAG histology: `train|valid/Images/*.png` with `Annotation/*.png` (crag.py).
-  synthetic    the built-in cardiac phantom, used when no directory is given.
+  msd          a Medical Segmentation Decathlon task (Hippocampus): `dataset.json`, `imagesTr/`,
+               `labelsTr/` (msd.py).
+  mmwhs        MM-WHS cardiac CT: `[ct_train/]ct_train_10XX_{image,label}.nii.gz` (mmwhs.py).
+  la           left atrium in the UA-MT layout: `train.list`, `2018LA_Seg_Training Set/<ID>/
+               mri_norm2.h5` (la.py; 3D).
+  pancreas     NIH Pancreas-CT: `image/PANCREAS_XXXX.nii.gz`, `label/labelXXXX.nii.gz`
+               (pancreas.py; 3D).
+  synthetic    the built-in cardiac phantom, used when no directory is given; for 3D runs
+               (`data.crop_shape` set) the 3D phantom of synthetic3d.py.
 The labeled subset is the first `labeled_num` patients in the SSL4MIS training order; for ACDC
 3/7/14 patients give exactly SSL4MIS's 68/136/256 slices.
 """
@@ -16,7 +24,7 @@ import os
 
 import ml_collections
 
-from jaxseg.data import crag, kits19, readers, synthetic
+from jaxseg.data import crag, kits19, la, mmwhs, msd, pancreas, readers, synthetic, synthetic3d
 from jaxseg.data.sources import (H5SliceSource, LazyVolumes, SegmentationData, VolumeSliceSource,
                                  h5_volume_loader)
 from jaxseg.errors import DataError
@@ -35,21 +43,42 @@ def detect_layout(data_dir: str) -> str:
     return 'kits19'
   if crag.is_crag_layout(data_dir):
     return 'crag'
+  if msd.is_msd_layout(data_dir):
+    return 'msd'
+  if mmwhs.is_mmwhs_layout(data_dir):
+    return 'mmwhs'
+  if la.is_la_layout(data_dir):
+    return 'la'
+  if pancreas.is_pancreas_layout(data_dir):
+    return 'pancreas'
   raise DataError(f'{data_dir}: unknown data layout (expected the SSL4MIS ACDC layout with '
                   'train_slices.list, ACDC NIfTI folders patientXXX/, KiTS19 '
-                  'case_XXXXX/imaging.nii.gz, or CRAG train/Images/*.png)')
+                  'case_XXXXX/imaging.nii.gz, CRAG train/Images/*.png, an MSD task with '
+                  'dataset.json and imagesTr/, MM-WHS ct_train_XXXX_image.nii.gz, LA '
+                  'train.list with 2018LA_Seg_Training Set/, or Pancreas '
+                  'image/PANCREAS_XXXX.nii.gz)')
 
 
 def load_data(config: ml_collections.ConfigDict) -> SegmentationData:
   layout = detect_layout(config.data.dir)
   if layout == 'synthetic':
+    if config.data.get('crop_shape', ()):
+      return synthetic3d.load_synthetic3d(config)
     return _synthetic(config)
+  if layout == 'la':
+    return la.load_la(config)
+  if layout == 'pancreas':
+    return pancreas.load_pancreas(config)
   if layout == 'ssl4mis_h5':
     return _ssl4mis_h5(config)
   if layout == 'kits19':
     return kits19.load_kits19(config)
   if layout == 'crag':
     return crag.load_crag(config)
+  if layout == 'msd':
+    return msd.load_msd(config)
+  if layout == 'mmwhs':
+    return mmwhs.load_mmwhs(config)
   return _acdc_nifti(config)
 
 

@@ -12,7 +12,7 @@ from typing import Any
 import grain
 import ml_collections
 
-from jaxseg.data import transforms
+from jaxseg.data import transforms, transforms3d
 from jaxseg.errors import ConfigError
 
 
@@ -26,7 +26,7 @@ def make_stream(source, transform, *, seed: int, batch_size: int, read_threads: 
 
 
 class PairedIterator:
-  """Yields `(labeled_batch, unlabeled_batch)`; the unlabeled batch is None when not needed."""
+  """Yields `(labeled_batch, unlabeled_batch)`; a batch is None when its stream is not needed."""
 
   def __init__(self, labeled, unlabeled=None):
     self.labeled = labeled
@@ -35,32 +35,96 @@ class PairedIterator:
   def __iter__(self):
     return self
 
+  def _streams(self):
+    return {name: stream for name, stream in (('labeled', self.labeled),
+                                               ('unlabeled', self.unlabeled)) if stream is not None}
+
   def __next__(self):
-    return next(self.labeled), (next(self.unlabeled) if self.unlabeled is not None else None)
+    return (next(self.labeled) if self.labeled is not None else None,
+            next(self.unlabeled) if self.unlabeled is not None else None)
 
   def get_state(self) -> dict[str, Any]:
-    state = {'labeled': self.labeled.get_state()}
-    if self.unlabeled is not None:
-      state['unlabeled'] = self.unlabeled.get_state()
-    return state
+    return {name: stream.get_state() for name, stream in self._streams().items()}
 
   def set_state(self, state: dict[str, Any]) -> None:
-    self.labeled.set_state(state['labeled'])
-    if self.unlabeled is not None:
-      self.unlabeled.set_state(state['unlabeled'])
+    for name, stream in self._streams().items():
+      stream.set_state(state[name])
 
 
-def make_train_iterator(data, config: ml_collections.ConfigDict, with_unlabeled: bool):
-  """Labeled batches `{'image', 'label'}` and unlabeled `{'image_weak', 'image_strong'}`."""
+class ConcatSource:
+  """Several random-access sources read as one (e.g. every training image for global contrast)."""
+
+  def __init__(self, sources):
+    self.sources = list(sources)
+    self.offsets = [0]
+    for source in self.sources:
+      self.offsets.append(self.offsets[-1] + len(source))
+
+  def __len__(self) -> int:
+    return self.offsets[-1]
+
+  def __getitem__(self, index: int):
+    for source, start, stop in zip(self.sources, self.offsets, self.offsets[1:]):
+      if start <= index < stop:
+        return source[index - start]
+    raise IndexError(index)
+
+
+LABELED_VIEWS = ('single', 'twin')
+UNLABELED_SOURCES = ('unlabeled', 'all')
+UNLABELED_VIEWS = ('shared', 'independent')
+
+
+def _make_3d_iterator(data, config, with_unlabeled: bool, with_labeled: bool):
+  """3D runs: UA-MT's rot90/flip and random crop of whole volumes (transforms3d.py), with the
+  keys of the 2D streams, so the step is the same."""
   d = config.data
+  labeled = unlabeled = None
+  if with_labeled:
+    labeled = make_stream(data.labeled, transforms3d.Crop3D(d.crop_shape, d.rot_flip),
+                          seed=config.seed, batch_size=d.labeled_batch,
+                          read_threads=d.read_threads)
+  if with_unlabeled:
+    two_views = transforms3d.TwoViews3D(d.crop_shape, d.rot_flip, d.strong_noise)
+    unlabeled = make_stream(data.unlabeled, two_views, seed=config.seed + 1,
+                            batch_size=d.unlabeled_batch, read_threads=d.read_threads)
+  return PairedIterator(labeled, unlabeled)
+
+
+def make_train_iterator(data, config: ml_collections.ConfigDict, with_unlabeled: bool,
+                        with_labeled: bool = True):
+  """Labeled batches `{'image', 'label'}` (plus `'image_twin'` with `data.labeled_views='twin'`)
+  and unlabeled `{'image_weak', 'image_strong'}` (plus `'label'` when the unlabeled source
+  carries pseudo-labels); a stream a run does not use is not built."""
+  d = config.data
+  for key, value, known in (('labeled_views', d.labeled_views, LABELED_VIEWS),
+                            ('unlabeled_source', d.unlabeled_source, UNLABELED_SOURCES),
+                            ('unlabeled_views', d.unlabeled_views, UNLABELED_VIEWS)):
+    if value not in known:
+      raise ConfigError(f'data.{key}: unknown {value!r}; known: {", ".join(known)}')
+  if d.get('crop_shape', ()):
+    return _make_3d_iterator(data, config, with_unlabeled, with_labeled)
   weak = transforms.WeakAugment(size=d.image_size, rotate_degrees=d.rotate_degrees,
                                 crop_size=d.crop_size or None, image_order=d.image_order)
-  labeled = make_stream(data.labeled, weak, seed=config.seed, batch_size=d.labeled_batch,
-                        read_threads=d.read_threads)
+  labeled = None
+  if with_labeled:
+    transform = weak
+    if d.labeled_views == 'twin':
+      transform = transforms.LabeledTwin(weak, strong_ops=tuple(d.twin_ops))
+    labeled = make_stream(data.labeled, transform, seed=config.seed, batch_size=d.labeled_batch,
+                          read_threads=d.read_threads)
   unlabeled = None
   if with_unlabeled:
-    two_views = transforms.TwoViews(size=d.image_size, weak=weak, strong_ops=tuple(d.strong_ops))
+    source = data.unlabeled
+    if d.unlabeled_source == 'all':
+      source = ConcatSource([data.labeled, data.unlabeled])
+    # Pseudo-labels (self-training) travel with their images; labels of the labeled part of an
+    # 'all' source are dropped (global contrast uses no labels).
+    keep_label = bool(getattr(source, 'with_label', False))
+    two_views = transforms.TwoViews(size=d.image_size, weak=weak, strong_ops=tuple(d.strong_ops),
+                                    keep_label=keep_label,
+                                    independent=d.unlabeled_views == 'independent')
     # A different seed, so labeled and unlabeled draws are independent.
-    unlabeled = make_stream(data.unlabeled, two_views, seed=config.seed + 1,
+    unlabeled = make_stream(source, two_views, seed=config.seed + 1,
                             batch_size=d.unlabeled_batch, read_threads=d.read_threads)
   return PairedIterator(labeled, unlabeled)

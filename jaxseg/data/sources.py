@@ -59,6 +59,32 @@ class VolumeSliceSource:
     return element
 
 
+class PseudoLabeledSource:
+  """An unlabeled source whose images carry pseudo-labels (self-training).
+
+  `labels[i]` is the (H, W) label map predicted for `source[i]['image']`, at its native size.
+  """
+
+  with_label = True
+
+  def __init__(self, source, labels: Sequence[np.ndarray]):
+    if len(labels) != len(source):
+      raise ValueError(f'{len(labels)} pseudo-labels for {len(source)} images')
+    self.source = source
+    self.labels = list(labels)
+
+  def __len__(self) -> int:
+    return len(self.source)
+
+  def __getitem__(self, index: int) -> dict[str, np.ndarray]:
+    element = dict(self.source[index])
+    if element['image'].shape != self.labels[index].shape:
+      raise DataError(f'pseudo-label {index}: shape {self.labels[index].shape} differs from its '
+                      f'image {element["image"].shape}')
+    element['label'] = self.labels[index]
+    return element
+
+
 class LazyVolumes(Sequence[Volume]):
   """Volumes loaded on access by `load(name)`, so evaluation holds one volume at a time."""
 

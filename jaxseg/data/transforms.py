@@ -415,6 +415,7 @@ class TwoViews(grain.transforms.RandomMap):
       strong_ops: tuple[str, ...] = STRONG_OPS,
       strong: StrongConfig | None = None,
       keep_label: bool = False,
+      independent: bool = False,
   ):
     """Initializes the transform.
 
@@ -426,6 +427,9 @@ class TwoViews(grain.transforms.RandomMap):
       strong: strengths and probabilities of the strong ops; defaults to `StrongConfig()`.
       keep_label: pass the (weakly transformed) label through when present. Off by default so
         the unlabeled stream has one key set even when some sources carry labels.
+      independent: draw the second view's geometry independently (SimCLR's two augmentations
+        of one image) instead of sharing the first view's; a label then fits neither view
+        exactly, so it cannot be combined with `keep_label`.
     """
     _check_size('size', size)
     if weak is None:
@@ -437,14 +441,46 @@ class TwoViews(grain.transforms.RandomMap):
     self.strong_ops = check_strong_ops(strong_ops)
     self.strong = strong if strong is not None else StrongConfig()
     self.keep_label = bool(keep_label)
+    self.independent = bool(independent)
+    if self.keep_label and self.independent:
+      raise ConfigError('TwoViews : keep_label needs views that share their geometry '
+                        '(independent=False)')
 
   def random_map(self, element: dict[str, Any], rng: np.random.Generator) -> dict[str, np.ndarray]:
     label = element.get('label') if self.keep_label else None
     image_weak, label = self.weak.augment(element['image'], label, rng)
+    second = self.weak.augment(element['image'], None, rng)[0] if self.independent else image_weak
     out = {
         'image_weak': image_weak,
-        'image_strong': strong_augment(image_weak, rng, self.strong_ops, self.strong),
+        'image_strong': strong_augment(second, rng, self.strong_ops, self.strong),
     }
     if label is not None:
       out['label'] = label
     return out
+
+
+class LabeledTwin(grain.transforms.RandomMap):
+  """A labeled slice and its intensity-only twin, for supervised local contrast.
+
+  The weak (geometric) augmentation is applied once, then `image_twin = strong_augment(image)`
+  with intensity ops only, so the label fits both views pixel for pixel (Hu et al. §2.2,
+  Chaitanya et al.'s 'intensity-only augmented twin').
+
+  Output: `{'image', 'image_twin': float32 (size, size), 'label': int32 (size, size)}`.
+  """
+
+  def __init__(self, weak: WeakAugment, strong_ops: tuple[str, ...] = ('brightness', 'contrast',
+                                                                        'gamma', 'noise'),
+               strong: StrongConfig | None = None):
+    self.weak = weak
+    self.strong_ops = check_strong_ops(strong_ops)
+    if 'cutout' in self.strong_ops:
+      # Cutout erases pixels, whose labels would then describe an image that is not there.
+      raise ConfigError('LabeledTwin : cutout is not an intensity-only op; remove it from the '
+                        'twin ops')
+    self.strong = strong if strong is not None else StrongConfig()
+
+  def random_map(self, element: dict[str, Any], rng: np.random.Generator) -> dict[str, np.ndarray]:
+    image, label = self.weak.augment(element['image'], element['label'], rng)
+    return {'image': image, 'image_twin': strong_augment(image, rng, self.strong_ops, self.strong),
+            'label': label}

@@ -6,7 +6,7 @@ Each slice is resized to the network's input size, predicted, and the label map 
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 import tqdm
@@ -19,9 +19,10 @@ from jaxseg.evaluation import metrics
 LogitsFn = Callable[[np.ndarray], np.ndarray]
 
 
-def _slice_logits(logits_fn: LogitsFn, image_DHW: np.ndarray, patch_size: int,
-                  interp_order: int, batch_size: int) -> np.ndarray:
-  """(D, S, S, K) logits of every slice resized to the network's input size."""
+def _slice_logits(logits_fn: LogitsFn, image_DHW: np.ndarray | Sequence[np.ndarray],
+                  patch_size: int, interp_order: int, batch_size: int) -> np.ndarray:
+  """(D, S, S, K) logits of every slice (a volume, or a list of 2D images of any sizes) resized to
+  the network's input size."""
   resized = np.stack([resize(s, patch_size, order=interp_order) for s in image_DHW])
   logits = []
   for start in range(0, len(resized), batch_size):
@@ -39,6 +40,27 @@ def predict_volume(logits_fn: LogitsFn, image_DHW: np.ndarray, patch_size: int,
   _, height, width = image_DHW.shape
   labels = _slice_logits(logits_fn, image_DHW, patch_size, interp_order, batch_size).argmax(-1)
   return np.stack([resize(s.astype(np.uint8), (height, width), order=0) for s in labels])
+
+
+def predict_slices(logits_fn: LogitsFn, images: Iterable[np.ndarray], patch_size: int,
+                   interp_order: int = 0, batch_size: int = 32) -> list[np.ndarray]:
+  """Label maps of 2D images of any sizes, batched: each resized to the network's input, predicted,
+  and the labels resized back (nearest neighbour). E.g. pseudo-labels for unlabeled slices."""
+  labels, pending = [], []
+
+  def flush():
+    predicted = _slice_logits(logits_fn, pending, patch_size, interp_order, batch_size).argmax(-1)
+    labels.extend(resize(label.astype(np.uint8), image.shape, order=0)
+                  for label, image in zip(predicted, pending))
+    pending.clear()
+
+  for image in images:
+    pending.append(np.asarray(image, np.float32))
+    if len(pending) == batch_size:
+      flush()
+  if pending:
+    flush()
+  return labels
 
 
 def predict_slice_probabilities(logits_fn: LogitsFn, image_DHW: np.ndarray, patch_size: int,

@@ -8,6 +8,9 @@ decoder. Arrays are NHWC.
 With `projection_dim > 0` the model also has a shallow projection head (global average pool of the
 bottleneck, Dense-ReLU-Dense, L2 normalization), used by patch-level contrast: `embed_patches`
 runs the encoder and the head on a batch of patches, `project` the head on pooled features.
+With `pixel_projection_dim > 0` a pixel head (two 1x1 convolutions on the full-resolution decoder
+map, as Hu et al.'s h2 and Chaitanya et al.'s code) gives L2-normalized per-pixel embeddings for
+local contrast.
 """
 
 from __future__ import annotations
@@ -99,6 +102,19 @@ class ProjectionHead(nn.Module):
     return x / jnp.sqrt(jnp.sum(x * x, axis=-1, keepdims=True) + 1e-12)
 
 
+class PixelProjectionHead(nn.Module):
+  """Conv1x1-ReLU-Conv1x1 on a feature map, L2-normalized per pixel."""
+
+  hidden: int
+  features: int
+
+  @nn.compact
+  def __call__(self, x_BHWC: jax.Array) -> jax.Array:
+    x = nn.relu(nn.Conv(self.hidden, (1, 1), name='conv1')(x_BHWC))
+    x = nn.Conv(self.features, (1, 1), name='conv2')(x)
+    return x / jnp.sqrt(jnp.sum(x * x, axis=-1, keepdims=True) + 1e-12)
+
+
 class UNet(nn.Module):
   """U-Net returning a dict of outputs.
 
@@ -108,6 +124,8 @@ class UNet(nn.Module):
       where pixel-level contrastive heads attach.
     bottleneck: (B, H/16, W/16, channels[-1]) encoder output, where global/patch heads attach.
     embedding: (B, projection_dim) projection of the pooled bottleneck, when projection_dim > 0.
+    pixel_embedding: (B, H, W, pixel_projection_dim) per-pixel projection of decoder_features,
+      when pixel_projection_dim > 0.
   """
 
   num_classes: int
@@ -116,6 +134,8 @@ class UNet(nn.Module):
   norm: str = 'batch'
   projection_dim: int = 0
   projection_hidden: int = 256
+  pixel_projection_dim: int = 0
+  pixel_projection_hidden: int = 0  # 0: the decoder's width
 
   def setup(self):
     if len(self.dropout) != len(self.channels):
@@ -124,6 +144,9 @@ class UNet(nn.Module):
     self.decoder = Decoder(self.channels, self.num_classes, self.norm)
     if self.projection_dim:
       self.head = ProjectionHead(self.projection_hidden, self.projection_dim)
+    if self.pixel_projection_dim:
+      self.pixel_head = PixelProjectionHead(self.pixel_projection_hidden or self.channels[0],
+                                            self.pixel_projection_dim)
 
   def __call__(self, x_BHWC: jax.Array, train: bool = False) -> dict[str, jax.Array]:
     skips = self.encoder(x_BHWC, train)
@@ -131,6 +154,8 @@ class UNet(nn.Module):
     out = {'logits': logits, 'decoder_features': features, 'bottleneck': skips[-1]}
     if self.projection_dim:
       out['embedding'] = self.head(skips[-1].mean(axis=(1, 2)))
+    if self.pixel_projection_dim:
+      out['pixel_embedding'] = self.pixel_head(features)
     return out
 
   def embed_patches(self, patches_NHWC: jax.Array, train: bool = False) -> jax.Array:

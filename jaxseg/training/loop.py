@@ -16,6 +16,7 @@ import time
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import tqdm
@@ -69,10 +70,13 @@ def _truncate_metrics(workdir: str, last_step: int) -> None:
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, resume: bool = False,
                        progress: bool = True) -> dict[str, Any]:
   """Trains `config` in `workdir`; returns the final results (also saved as results.json)."""
-  objectives.resolve(tuple(config.losses))  # unknown loss names fail before any work
+  # Unknown loss names or stage keys fail before any work.
+  for name in config.stage_order or ('',):
+    objectives.resolve(tuple(config_lib.stage_config(config, name).losses if name
+                             else config.losses))
   check_workdir(workdir, resume)
   if resume:
-    saved = config_lib.read_run_config(workdir)
+    saved = config_lib.read_run_config(workdir, resolve_stages=False)
     # A resume may train longer, and read the same data from where it has moved to.
     saved.steps = config.steps
     if config.data.dir:
@@ -84,37 +88,72 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, resum
   created = not os.path.isdir(workdir)
   os.makedirs(workdir, exist_ok=True)
   try:
-    return _train(config, data, workdir, resume, progress)
+    if config.stage_order:
+      from jaxseg.training import stages  # noqa: PLC0415 (stages imports this module)
+      results = stages.run_stages(config, data, workdir, resume, progress)
+    else:
+      with open(os.path.join(workdir, 'config.json'), 'w') as f:
+        f.write(config_lib.to_json(config))
+      results = train_stage(config, data, workdir, resume=resume, progress=progress)
   except JaxsegError:
     # A run that failed before its first checkpoint leaves nothing worth keeping; a directory
     # that existed before (a resume) is never removed.
     latest = os.path.join(workdir, 'checkpoints', 'latest')
-    if created and not (os.path.isdir(latest) and os.listdir(latest)):
+    finished_stages = os.path.isdir(os.path.join(workdir, 'stages'))
+    if created and not finished_stages and not (os.path.isdir(latest) and os.listdir(latest)):
       shutil.rmtree(workdir, ignore_errors=True)
     raise
+  if config.report:
+    write_report(workdir, progress)
+  return results
 
 
-def _train(config, data, workdir: str, resume: bool, progress: bool) -> dict[str, Any]:
-  with open(os.path.join(workdir, 'config.json'), 'w') as f:
-    f.write(config_lib.to_json(config))
+def write_report(workdir: str, progress: bool) -> None:
+  """The run's figures and report.md; a figure that cannot be drawn never fails a finished run."""
+  from jaxseg import report  # noqa: PLC0415 (matplotlib only when a report is written)
+  try:
+    path = report.write_report(workdir, progress=progress)
+    print(f'report: {path}', flush=True)
+  except Exception as e:  # noqa: BLE001 (training is done and saved; say why and go on)
+    print(f'warning: {workdir}: report not written ({type(e).__name__}: {e}); retry with '
+          f'python -m jaxseg.report --workdir {workdir}', flush=True)
 
+
+def train_stage(config, data, workdir: str, *, resume: bool, progress: bool,
+                log_dir: str | None = None, step_offset: int = 0,
+                init_variables: dict[str, Any] | None = None) -> dict[str, Any]:
+  """Trains one (single-stage) config with checkpoints in `workdir`.
+
+  Multi-stage runs (stages.py) log every stage into one `log_dir` with steps counted from the
+  run's start (`step_offset`), and start a stage from `init_variables` ({'params',
+  'batch_stats'} of the stage before). `eval.every=0` trains without validation (pretraining
+  stages, whose logits mean nothing yet): no best checkpoint and no final report.
+  """
+  log_dir = log_dir or workdir
+  evaluate = config.eval.every > 0
   model = build_model(config)
   tx = schedules.optimizer(config)
   train_step = step_lib.make_train_step(model, tx, config)
   mesh = step_lib.make_mesh(config.mesh.num_devices)
-  step_lib.check_batch_divisible(config, mesh, train_step.needs_unlabeled)
+  step_lib.check_batch_divisible(config, mesh, train_step.needs_unlabeled,
+                                 train_step.needs_labeled)
   jitted_step = step_lib.jit_train_step(train_step, mesh)
-  state = step_lib.replicate(step_lib.init_state(model, tx, config), mesh)
-  iterator = pipeline.make_train_iterator(data, config, train_step.needs_unlabeled)
+  state = step_lib.init_state(model, tx, config)
+  if init_variables is not None:
+    state = start_from(state, init_variables, tx)
+  state = step_lib.replicate(state, mesh)
+  iterator = pipeline.make_train_iterator(data, config, train_step.needs_unlabeled,
+                                         train_step.needs_labeled)
   ckpts = checkpoint.Checkpoints(workdir, keep=config.checkpoint.keep)
   best = {'dice': -math.inf, 'step': 0}
   if resume:
     state, data_state, meta = ckpts.restore('latest', state)
     iterator.set_state(data_state)
     best = meta['best']
-    _truncate_metrics(workdir, int(state.step))
     print(f'resumed from step {int(state.step)} of {config.steps}', flush=True)
-  writer = MetricsWriter(workdir)
+  # Forget logs written past the restored checkpoint (or past the start of a stage begun anew).
+  _truncate_metrics(log_dir, step_offset + int(state.step))
+  writer = MetricsWriter(log_dir)
   logits_fn = make_logits_fn(model)
   start_step = int(state.step)
   t0 = time.time()
@@ -133,14 +172,15 @@ def _train(config, data, workdir: str, resume: bool, progress: bool) -> dict[str
             f'{workdir}: loss became {float(metrics["loss"])} at step {step}; training stopped, '
             f'the last good checkpoint (step {last}) is kept')
       if step % config.log_every == 0 or step == config.steps:
-        writer.write(step, metrics)
+        writer.write(step_offset + step, metrics)
       bar.set_postfix(loss=f'{float(metrics["loss"]):.4f}', best_dice=f'{max(best["dice"], 0):.4f}')
       bar.update(1)
 
-      if step % config.eval.every == 0 or step == config.steps:
+      if evaluate and (step % config.eval.every == 0 or step == config.steps):
         _, summary = evaluate_split(logits_fn(state), data.splits['val'], config, progress)
         mean_dice = float(np.nanmean(summary['dice']['mean']))
-        writer.write(step, metrics_lib.flat_scalars(summary, config.class_names), prefix='val')
+        writer.write(step_offset + step, metrics_lib.flat_scalars(summary, config.class_names),
+                     prefix='val')
         if mean_dice > best['dice']:
           best = {'dice': mean_dice, 'step': step}
           ckpts.save('best', step, state, None, {'step': step, 'best': best})
@@ -151,12 +191,21 @@ def _train(config, data, workdir: str, resume: bool, progress: bool) -> dict[str
     writer.close()
   wall = time.time() - t0
 
-  results = final_report(model, ckpts, state, data, config, workdir, progress)
+  results = (final_report(model, ckpts, state, data, config, workdir, progress) if evaluate
+             else {'best_step': None, 'splits': {}})
   results.update(steps=config.steps, train_wall_seconds=wall, resumed_from=start_step)
   with open(os.path.join(workdir, 'results.json'), 'w') as f:
     json.dump(results, f, indent=2, default=jsonable)
   ckpts.close()
   return results
+
+
+def start_from(state, variables: dict[str, Any], tx):
+  """A fresh state (step 0, new optimizer) with another stage's parameters and statistics."""
+  copy = lambda tree: jax.tree.map(jnp.copy, tree)
+  params, batch_stats = variables['params'], variables['batch_stats']
+  return state.replace(params=params, batch_stats=batch_stats, teacher_params=copy(params),
+                       teacher_batch_stats=copy(batch_stats), opt_state=tx.init(params))
 
 
 def final_report(model, ckpts, state, data, config, workdir: str, progress: bool) -> dict:

@@ -24,9 +24,10 @@ from jaxseg.training import schedules
 class StepOutputs:
   """Everything a loss term may read. Model outputs are dicts (see models.UNet).
 
-  labeled: {'image': (B, H, W), 'label': (B, H, W)}.
+  labeled: {'image': (B, H, W), 'label': (B, H, W)} (plus 'image_twin' with
+    data.labeled_views='twin'), or None when no term needs labeled images.
   unlabeled: {'image_weak', 'image_strong'} or None.
-  student_labeled: student outputs on labeled images.
+  student_labeled: student outputs on labeled images, or None.
   student_unlabeled: student outputs on the strong view, or None.
   teacher_unlabeled: teacher outputs on the weak view (gradient stopped), or None.
   step: the traced step counter, before this update.
@@ -36,9 +37,9 @@ class StepOutputs:
   rng: a key for the terms' own random draws.
   """
 
-  labeled: dict[str, jax.Array]
+  labeled: dict[str, jax.Array] | None
   unlabeled: dict[str, jax.Array] | None
-  student_labeled: dict[str, jax.Array]
+  student_labeled: dict[str, jax.Array] | None
   student_unlabeled: dict[str, jax.Array] | None
   teacher_unlabeled: dict[str, jax.Array] | None
   step: jax.Array
@@ -55,14 +56,18 @@ class LossTerm:
   fn: LossFn
   needs_unlabeled: bool = False
   needs_teacher: bool = False
+  needs_labeled: bool = True
 
 
 TERMS: dict[str, LossTerm] = {}
 
 
-def register(name: str, *, needs_unlabeled: bool = False, needs_teacher: bool = False):
+def register(name: str, *, needs_unlabeled: bool = False, needs_teacher: bool = False,
+             needs_labeled: bool = True):
+  """Adds a term; `needs_labeled=False` for terms that use no labeled images (global contrast),
+  so a run made only of such terms reads and forwards no labeled batch."""
   def decorate(fn: LossFn) -> LossFn:
-    TERMS[name] = LossTerm(name, fn, needs_unlabeled, needs_teacher)
+    TERMS[name] = LossTerm(name, fn, needs_unlabeled, needs_teacher, needs_labeled)
     return fn
   return decorate
 

@@ -16,7 +16,15 @@ def learning_rate(config: ml_collections.ConfigDict) -> optax.Schedule:
     return optax.polynomial_schedule(o.lr, 0.0, o.poly_power, transition_steps=config.steps)
   if o.schedule == 'constant':
     return optax.constant_schedule(o.lr)
-  raise ConfigError(f'optimizer.schedule: unknown schedule {o.schedule!r}; known: poly, constant')
+  if o.schedule == 'step':
+    # UA-MT / MCF: lr_t = lr * 0.1 ** (t // 2500); their update after iteration 2,500 is the
+    # first at the lower rate, as step index 2,500 here.
+    if o.decay_every <= 0:
+      raise ConfigError(f'optimizer.decay_every={o.decay_every} must be positive')
+    return optax.exponential_decay(o.lr, transition_steps=o.decay_every,
+                                   decay_rate=o.decay_factor, staircase=True)
+  raise ConfigError(f'optimizer.schedule: unknown schedule {o.schedule!r}; '
+                    'known: poly, constant, step')
 
 
 def optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:

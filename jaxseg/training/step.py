@@ -34,13 +34,22 @@ class TrainState:
   rng: jax.Array
 
 
+def input_shape(config) -> tuple[int, ...]:
+  """(1, *spatial, 1) of one network input: the 3D crop `data.crop_shape` (D, H, W) when set,
+  else the 2D slice (image_size, image_size)."""
+  crop = tuple(config.data.get('crop_shape', ()))
+  if crop:
+    return (1, *crop, 1)
+  return (1, config.data.image_size, config.data.image_size, 1)
+
+
 def init_state(model: nn.Module, tx: optax.GradientTransformation, config) -> TrainState:
-  size = config.data.image_size
+  shape = input_shape(config)
 
   # One compiled program: initializing op by op compiles every layer separately (tens of seconds).
   @jax.jit
   def init(init_rng, state_rng):
-    variables = model.init(init_rng, jnp.zeros((1, size, size, 1), jnp.float32), train=False)
+    variables = model.init(init_rng, jnp.zeros(shape, jnp.float32), train=False)
     params, batch_stats = variables['params'], variables.get('batch_stats', {})
     # Separate buffers for the teacher: the state is donated, and a buffer cannot be donated twice.
     copy = lambda tree: jax.tree.map(jnp.copy, tree)
@@ -62,12 +71,13 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
   terms = objectives.resolve(tuple(config.losses))
   needs_unlabeled = any(t.needs_unlabeled for t in terms)
   needs_teacher = any(t.needs_teacher for t in terms)
+  needs_labeled = any(t.needs_labeled for t in terms)
   mt = config.mean_teacher
 
   def train_step(state: TrainState, labeled, unlabeled):
     rng = jax.random.fold_in(state.rng, state.step)
     student_rng, teacher_rng, noise_rng, term_rng, extra_rng = jax.random.split(rng, 5)
-    num_labeled = labeled['image'].shape[0]
+    num_labeled = labeled['image'].shape[0] if needs_labeled else 0
 
     teacher_out, teacher_batch_stats = None, state.teacher_batch_stats
     if needs_teacher:
@@ -84,10 +94,10 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
       teacher_out = jax.lax.stop_gradient(teacher_out)
       teacher_batch_stats = teacher_vars['batch_stats']
 
-    images = labeled['image']
-    if needs_unlabeled:
-      # One forward over labeled + unlabeled, as SSL4MIS: batch norm sees both.
-      images = jnp.concatenate([images, unlabeled['image_strong']], axis=0)
+    # One forward over labeled + unlabeled, as SSL4MIS: batch norm sees both.
+    images = jnp.concatenate(
+        ([labeled['image']] if needs_labeled else [])
+        + ([unlabeled['image_strong']] if needs_unlabeled else []), axis=0)
 
     def loss_fn(params):
       outputs, new_vars = model.apply(
@@ -104,7 +114,7 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
 
       out = objectives.StepOutputs(
           labeled=labeled, unlabeled=unlabeled,
-          student_labeled=split(outputs, 0),
+          student_labeled=split(outputs, 0) if needs_labeled else None,
           student_unlabeled=split(outputs, 1) if needs_unlabeled else None,
           teacher_unlabeled=teacher_out, step=state.step, apply=apply, rng=term_rng)
       total, metrics = jnp.zeros((), jnp.float32), {}
@@ -130,7 +140,16 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
     return new_state, metrics
 
   train_step.needs_unlabeled = needs_unlabeled
+  train_step.needs_labeled = needs_labeled
   return train_step
+
+
+def abstract_state(model: nn.Module, tx: optax.GradientTransformation, config) -> TrainState:
+  """The state's shapes and dtypes on one device: a restore target that costs a trace, not the
+  seconds of compiling and running `init_state`."""
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=device),
+                      jax.eval_shape(lambda: init_state(model, tx, config)))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -148,9 +167,10 @@ def make_mesh(num_devices: int = 0) -> Mesh:
                        devices=jax.devices()[:n])
 
 
-def check_batch_divisible(config, mesh: Mesh, with_unlabeled: bool) -> None:
+def check_batch_divisible(config, mesh: Mesh, with_unlabeled: bool,
+                          with_labeled: bool = True) -> None:
   n = mesh.shape['data']
-  sizes = {'data.labeled_batch': config.data.labeled_batch}
+  sizes = {'data.labeled_batch': config.data.labeled_batch} if with_labeled else {}
   if with_unlabeled:
     sizes['data.unlabeled_batch'] = config.data.unlabeled_batch
   for key, size in sizes.items():

@@ -1,0 +1,71 @@
+"""Hu et al. (MICCAI 2021) as a three-stage run, shared by the acdc_/hippocampus_/mmwhs_hu_* configs.
+
+Stages (jaxseg/training/stages.py), each starting from the one before with a fresh optimizer:
+  pretrain_global  SimCLR NT-Xent (eq. 1, tau 0.5) on every training image, no labels: encoder
+                   + projection head, two independently augmented views (crop/rotate/flip +
+                   intensity); no validation (the decoder is untrained).
+  pretrain_local   supervised local contrast (eq. 2, tau 0.1) on labeled images and their
+                   intensity-only twins: encoder + decoder + pixel head; stride 4 or 16x16 blocks.
+  finetune         CE + soft Dice on labeled images (the `supervised` term), validated and
+                   checkpointed as any run; its best checkpoint is the run's result.
+Table 1's variants are stage orders (`--set stage_order=...`):
+  random init        ('finetune',)
+  global             ('pretrain_global', 'finetune')
+  local (stride/block)   ('pretrain_local', 'finetune')
+  global + local     ('pretrain_global', 'pretrain_local', 'finetune')   [default]
+Optimizer: Adam throughout (paper), lr 1e-4 for contrast; fine-tuning lr 5e-4 as the public code
+(the paper prints 1e-5; `--set stages.finetune.optimizer.lr=1e-5`), see BUILD_NOTES.md.
+"""
+
+import ml_collections
+
+from jaxseg import config as config_lib
+
+MODES = ('stride', 'block')
+
+
+def hu_config(mode: str, *, global_steps: int, local_steps: int, finetune_steps: int,
+              global_batch: int, local_batch: int, finetune_batch: int):
+  """The staged config on top of the base (data set-up is the caller's)."""
+  if mode not in MODES:
+    raise ValueError(mode)
+  config = config_lib.base_config()
+  config.losses = ('supervised',)
+  config.model.projection_dim = 128
+  config.model.pixel_projection_dim = 64
+  config.optimizer.update(name='adam', lr=1e-4, weight_decay=0.0, schedule='constant')
+  config.local_contrast.update(mode=mode, stride=4, block=16, form='supcon', tau=0.1)
+  config.global_contrast.tau = 0.5
+  config.stage_order = ('pretrain_global', 'pretrain_local', 'finetune')
+  config.stages = ml_collections.ConfigDict({
+      'pretrain_global': {
+          'steps': global_steps, 'losses': ('global_contrast',),
+          'data': {'unlabeled_source': 'all', 'unlabeled_views': 'independent',
+                   'strong_ops': ('brightness', 'contrast', 'gamma', 'blur', 'noise'),
+                   'unlabeled_batch': global_batch},
+          'eval': {'every': 0}},
+      'pretrain_local': {
+          'steps': local_steps, 'losses': ('local_contrast',),
+          'data': {'labeled_views': 'twin', 'labeled_batch': local_batch},
+          'eval': {'every': 0}},
+      'finetune': {
+          'steps': finetune_steps, 'losses': ('supervised',),
+          'optimizer': {'lr': 5e-4},
+          'data': {'labeled_batch': finetune_batch}},
+  })
+  return config
+
+
+def acdc_hu(mode: str, profile: str):
+  """ACDC at 7 labeled patients (136 of 1,312 slices), 256x256, in the SSL4MIS protocol.
+
+  Hu et al.'s epochs as steps: global 70 epochs of 1,312 slices at batch 48 (2,000 steps),
+  local 70 epochs of 136 slices at batch 4 (2,400), fine-tuning 120 epochs at batch 12 (1,400).
+  """
+  if profile == 'cpu':
+    config = hu_config(mode, global_steps=150, local_steps=150, finetune_steps=700,
+                       global_batch=8, local_batch=4, finetune_batch=4)
+    config_lib.cpu_profile(config, steps=700)
+    return config
+  return hu_config(mode, global_steps=2_000, local_steps=2_400, finetune_steps=1_400,
+                   global_batch=48, local_batch=4, finetune_batch=12)

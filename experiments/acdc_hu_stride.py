@@ -1,0 +1,18 @@
+"""Hu et al. (MICCAI 2021), global + supervised local contrast with stride downsampling (s = 4), on ACDC.
+
+  python -m jaxseg.run --experiment acdc_hu_stride --data-dir ../shared/data/ACDC --labeled-num 7
+
+Three stages in one run (experiments/_hu.py): SimCLR global contrast on all 1,312 training
+slices, supervised local contrast on the 136 labeled slices, fine-tuning with CE + Dice. Hu et al.
+report Dice on Hippocampus/MMWHS only (Table 1: global+local(stride) 0.822/0.851/0.863 on Hippocampus at 5/10/20%, 0.384/0.525/0.758 on MMWHS at 10/20/40%); on ACDC
+the comparison is with acdc_supervised at the same budget (BUILD_NOTES.md). Without --data-dir:
+the synthetic phantom, 150 + 150 + 700 steps.
+"""
+
+from jaxseg import config as config_lib
+
+_hu = config_lib.experiment_module('_hu')
+
+
+def get_config(profile: str = 'paper'):
+  return _hu.acdc_hu('stride', profile)

@@ -1,0 +1,256 @@
+"""Medical Segmentation Decathlon (MSD) tasks in their official layout, e.g. Task04_Hippocampus.
+
+Layout (medicaldecathlon.com): `dataset.json`, `imagesTr/<case>.nii.gz`, `labelsTr/<case>.nii.gz`
+and `imagesTs/` (no labels, ignored). The cases are the `training` list of dataset.json and the
+classes its `labels` map ({"0": "background", "1": "Anterior", "2": "Posterior"} for
+Hippocampus), so files not listed there are never read: the MSD archives carry macOS `._*`
+companions of the NIfTI files that are not images (Hu et al.'s preprocessing deletes files
+starting with '.').
+
+Preprocessing follows Hu et al. (MICCAI 2021, section 3; xhu248/semi_cotrast_seg
+`datasets/prepare_dataset/preprocessing.py`):
+  - slices are taken along the last NIfTI axis, as Hu's code does (`np.stack((image, label))
+    .transpose((3, 0, 1, 2))` puts the third nibabel axis first); for Hippocampus that is an
+    axis of some 35 voxels, giving about 35 slices of about 35x50 per volume (sizes recalled,
+    not measured here). The Volume holds (D, H, W) = (Z, Y, X), the order ACDC uses here; Hu
+    keeps (Z, X, Y), i.e. every slice is transposed relative to his, which changes no Dice;
+  - min-max normalization of the whole volume to [0, 1] (`minmax_normalize`);
+  - training slices resized in-plane to 64x64 at load (`data.msd_train_size`), images by
+    `data.image_order` (1, bilinear, in the experiments, as Hu), labels by nearest neighbour
+    (Hu resizes labels bilinearly, which invents class values between neighbours);
+    evaluation volumes stay native and are resized slice by slice by the evaluation
+    (`eval.patch_size`).
+The split is train:val:test = 3:1:1 of the volumes (Hu, section 3: 156/52/52 of the 260
+cases; Hu's `create_splits.py` splits 50/25/25 instead), a seeded permutation (`split_cases`,
+`data.split_seed`; Hu's four folds are four seeds); the labeled volumes are the first
+`data.labeled_fraction` of the permuted training list (5/10/20% in Hu's Table 1: 8, 16 and 31
+of 156 volumes).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections.abc import Sequence
+
+import ml_collections
+import numpy as np
+
+from jaxseg.data import readers, splits, transforms
+from jaxseg.data.sources import LazyVolumes, SegmentationData, VolumeSliceSource
+from jaxseg.data.volume import Volume
+from jaxseg.errors import DataError
+
+# Hu et al.'s split of the volumes, train:val:test (section 3).
+PAPER_SPLIT = {'train': 3, 'val': 1, 'test': 1}
+# Hu et al.'s in-plane size for Hippocampus.
+DEFAULT_TRAIN_SIZE = 64
+
+
+def is_msd_layout(root: str | os.PathLike) -> bool:
+  """Whether root holds `dataset.json` and an `imagesTr/` folder. Never raises."""
+  root = os.fspath(root)
+  return (os.path.isfile(os.path.join(root, 'dataset.json'))
+          and os.path.isdir(os.path.join(root, 'imagesTr')))
+
+
+def _case_name(path: str) -> str:
+  name = os.path.basename(path)
+  for ext in ('.nii.gz', '.nii'):
+    if name.endswith(ext):
+      return name[:-len(ext)]
+  return name
+
+
+def read_dataset_json(
+    root: str | os.PathLike) -> tuple[tuple[str, ...], dict[str, tuple[str, str]]]:
+  """Reads an MSD `dataset.json`.
+
+  Returns:
+    (class names in label order, background first; {case name: (image path, label path)} in
+    the order of the `training` list, paths resolved against root).
+
+  Raises:
+    DataError: one line naming dataset.json: missing, not JSON, `labels` not 0..K-1, `training`
+      not a list of {"image", "label"} entries, a case listed twice.
+  """
+  root = os.fspath(root)
+  path = os.path.join(root, 'dataset.json')
+  readers.check_file(path)
+  try:
+    with open(path, encoding='utf-8') as f:
+      meta = json.load(f)
+  except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+    raise DataError(f'{path}: not a readable JSON file: {readers.one_line(e)}') from e
+  if not isinstance(meta, dict):
+    raise DataError(f'{path}: expected a JSON object, got {type(meta).__name__}')
+  labels = meta.get('labels')
+  if not isinstance(labels, dict) or not labels:
+    raise DataError(f'{path}: no "labels" object mapping label values to class names')
+  try:
+    values = sorted(int(k) for k in labels)
+  except ValueError:
+    raise DataError(f'{path}: "labels" keys {sorted(labels)} are not integers') from None
+  if values != list(range(len(values))):
+    raise DataError(f'{path}: "labels" keys must be 0..{len(values) - 1}, got {values}')
+  class_names = tuple(str(labels[k]) for k in sorted(labels, key=int))
+  training = meta.get('training')
+  if not isinstance(training, list) or not training:
+    raise DataError(f'{path}: no "training" list of {{"image", "label"}} entries')
+  cases: dict[str, tuple[str, str]] = {}
+  for i, entry in enumerate(training):
+    if not (isinstance(entry, dict) and isinstance(entry.get('image'), str)
+            and isinstance(entry.get('label'), str)):
+      raise DataError(f'{path}: "training" entry {i} is not {{"image": ..., "label": ...}}: '
+                      f'{entry!r}')
+    image = os.path.normpath(os.path.join(root, entry['image']))
+    name = _case_name(image)
+    if name in cases:
+      raise DataError(f'{path}: case {name} listed twice in "training"')
+    cases[name] = (image, os.path.normpath(os.path.join(root, entry['label'])))
+  return class_names, cases
+
+
+def minmax_normalize(x: np.ndarray, path: str) -> np.ndarray:
+  """`(x - min) / (max - min)` over the whole volume, as a new C-contiguous float32 array.
+
+  float32 arithmetic, not float64, because an MM-WHS CT volume is 300 MB in float32 already;
+  x may be a transposed view, and the result is written straight into C order.
+
+  Raises:
+    DataError: the image is constant (nothing to normalize).
+  """
+  lo, hi = float(x.min()), float(x.max())
+  if hi == lo:
+    raise DataError(f'{path}: image is constant ({lo:g}), cannot normalize to [0, 1]')
+  out = np.empty(x.shape, np.float32)
+  np.subtract(x, lo, out=out, dtype=np.float32)
+  out /= hi - lo
+  return out
+
+
+def to_dhw(array_xyz: np.ndarray) -> np.ndarray:
+  """nibabel's (X, Y, Z) as (D, H, W) = (Z, Y, X), a view: slices along the last NIfTI axis."""
+  return array_xyz.transpose(2, 1, 0)
+
+
+def resize_volume(volume: Volume, size: int, image_order: int) -> Volume:
+  """Every slice resized in-plane to (size, size), labels by nearest neighbour; spacing scaled.
+
+  The affine is dropped: it no longer maps these voxels.
+  """
+  _, h, w = volume.image.shape
+  image = np.stack([np.clip(transforms.resize(s, size, order=image_order), 0.0, 1.0)
+                    for s in volume.image]).astype(np.float32)
+  label = None if volume.label is None else np.stack(
+    [transforms.resize(s, size, order=0) for s in volume.label])
+  spacing = None if volume.spacing is None else (
+    volume.spacing[0], volume.spacing[1] * h / size, volume.spacing[2] * w / size)
+  return Volume(name=volume.name, image=image, label=label, spacing=spacing,
+                affine=None, path=volume.path)
+
+
+def read_pair(image_path: str, label_path: str,
+              require_label: bool = True) -> tuple[Volume, np.ndarray | None]:
+  """Reads a 3D image and its label file, both as (D, H, W) = (Z, Y, X).
+
+  The affine is the file's and refers to nibabel's (X, Y, Z) order: save a prediction `pred`
+  of shape (D, H, W) as `nib.Nifti1Image(pred.transpose(2, 1, 0), volume.affine)`.
+
+  Returns:
+    (the Volume, image min-max normalized, label None; the label with the file's values as
+    a float32 (D, H, W) view, or None when not required and absent); the caller checks or maps
+    the values into a contiguous array.
+
+  Raises:
+    DataError: missing or unreadable files, not 3D, label shape differs from the image's,
+      constant image.
+  """
+  data, affine, zooms = readers.read_nifti(image_path)
+  if data.ndim != 3:
+    raise DataError(f'{image_path}: expected a 3D single-channel image, got shape {data.shape}')
+  label = None
+  if require_label or os.path.exists(label_path):
+    label, _, _ = readers.read_nifti(label_path)
+    if label.shape != data.shape:
+      raise DataError(f'{label_path}: label shape {label.shape} differs from image shape '
+                      f'{data.shape} of {os.path.basename(image_path)}')
+    label = to_dhw(label)
+  # A view in, a C-contiguous copy out: one copy of the volume besides the file's data.
+  volume = Volume(name=_case_name(image_path), image=minmax_normalize(to_dhw(data), image_path),
+                  label=None, spacing=(zooms[2], zooms[1], zooms[0]), affine=affine,
+                  path=image_path)
+  return volume, label
+
+
+def load_case(image_path: str | os.PathLike, label_path: str | os.PathLike, *, num_classes: int,
+              require_label: bool = True) -> Volume:
+  """Loads one MSD case as a (D, H, W) = (Z, Y, X) Volume, min-max normalized, native size.
+
+  Raises:
+    DataError: missing or unreadable files, not 3D, shape mismatch, label values outside
+      0..num_classes-1, constant image.
+  """
+  image_path, label_path = os.fspath(image_path), os.fspath(label_path)
+  volume, label = read_pair(image_path, label_path, require_label)
+  if label is None:
+    return volume
+  label = np.ascontiguousarray(readers.check_label(label_path, label, num_classes))
+  return dataclasses.replace(volume, label=label)
+
+
+def split_cases(cases: Sequence[str], seed: int = 0) -> dict[str, list[str]]:
+  """Hu et al.'s 3:1:1 split as a seeded permutation of the sorted names (`splits.seeded_split`).
+
+  260 cases give 156/52/52; val and test are rounded half up, at least 1 each.
+  """
+  return splits.seeded_split(cases, PAPER_SPLIT, seed, 'MSD split')
+
+
+def load_msd(config: ml_collections.ConfigDict) -> SegmentationData:
+  """An MSD task as SegmentationData: training volumes in memory, val/test loaded on access.
+
+  Config: `data.dir` (the task folder holding dataset.json); `data.labeled_fraction` (if
+  absent or 0, `data.labeled_num` volumes); optional `data.split_seed` (default 0);
+  optional `data.msd_train_size` (default 64; 0 keeps the native in-plane size); optional
+  `data.image_order` (spline order of the image resize, default 1). `num_classes` must be
+  the number of entries in dataset.json's `labels`.
+
+  Raises:
+    DataError: bad dataset.json, or a listed image or label file missing (checked for every
+      case before any is read, so a partial download is reported at once).
+    ConfigError: num_classes differs from dataset.json.
+  """
+  root = os.fspath(config.data.dir)
+  class_names, cases = read_dataset_json(root)
+  splits.check_num_classes(config, len(class_names), f'MSD task at {root}')
+  for image_path, label_path in cases.values():
+    for path in (image_path, label_path):
+      if not os.path.exists(path):
+        raise DataError(f'{path}: file not found (listed in '
+                        f'{os.path.join(root, "dataset.json")})')
+  split = split_cases(list(cases), seed=int(config.data.get('split_seed', 0)))
+  train = split['train']
+  n_labeled = splits.num_labeled(config, len(train), root)
+  train_size = int(config.data.get('msd_train_size', DEFAULT_TRAIN_SIZE))
+  image_order = int(config.data.get('image_order', 1))
+
+  def load(name: str) -> Volume:
+    return load_case(*cases[name], num_classes=len(class_names))
+
+  def load_train(name: str) -> Volume:
+    volume = load(name)
+    return resize_volume(volume, train_size, image_order) if train_size else volume
+
+  labeled = [load_train(c) for c in train[:n_labeled]]
+  unlabeled = [load_train(c) for c in train[n_labeled:]]
+  size = f'{train_size}x{train_size}' if train_size else 'native size'
+  return SegmentationData(
+    layout='msd',
+    labeled=VolumeSliceSource(labeled, with_label=True),
+    unlabeled=VolumeSliceSource(unlabeled, with_label=False),
+    splits={'val': LazyVolumes(split['val'], load), 'test': LazyVolumes(split['test'], load)},
+    description=(f'MSD task at {root} ({", ".join(class_names[1:])}): {n_labeled} labeled '
+                 f'volumes, {len(train) - n_labeled} unlabeled, {len(split["val"])} validation, '
+                 f'{len(split["test"])} test (training slices at {size})'))

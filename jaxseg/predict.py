@@ -1,0 +1,355 @@
+"""Segments new images with a trained run: `python -m jaxseg.predict --workdir RUN --input IN --output DIR`.
+
+Reads NIfTI (.nii, .nii.gz) and SSL4MIS / UA-MT h5 files (dataset `image`), predicts each
+volume as the run's evaluation does (`jaxseg.evaluation.inference.predict`: 2D slice by slice,
+or 3D sliding window) and writes `<name>_pred.nii.gz` label maps (uint8, int16 beyond 255
+classes), optionally `<name>_prob.nii.gz` class probabilities (float32, classes on the 4th axis).
+
+Geometry: a NIfTI prediction has the input's array shape and axis order, affine and header (data
+type and scaling reset), so it overlays the input exactly in ITK-SNAP or 3D Slicer. The network
+sees the array rearranged to jaxseg's (D, H, W) the way the run's data loader does it
+(`CONVENTIONS`); the prediction is put back in the file's order before it is written.
+h5 files carry no geometry: `image` is taken as stored, (D, H, W) for SSL4MIS ACDC volumes, and
+the prediction is written in that same array order with an identity affine, beside the image
+itself as `<name>_image.nii.gz` so that the two overlay in a viewer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import fnmatch
+import os
+import sys
+from typing import Callable
+
+import numpy as np
+
+from jaxseg import config as config_lib
+from jaxseg.errors import DataError, JaxsegError
+
+INPUT_EXTS = ('.nii.gz', '.nii', '.h5')
+CHECKPOINTS = ('best', 'last', 'latest')
+
+
+@dataclasses.dataclass(frozen=True)
+class Convention:
+  """How a run's data loader turns a NIfTI file's array into the network's (D, H, W) input.
+
+  Attributes:
+    axes: permutation of the stored axes giving (D, H, W), e.g. (2, 1, 0) for nibabel's
+      (X, Y, Z) -> (Z, Y, X).
+    normalize: `(image, config) -> image in the range the run was trained on`.
+  """
+
+  axes: tuple[int, int, int]
+  normalize: Callable[[np.ndarray, object], np.ndarray]
+
+
+def minmax(image: np.ndarray, config=None) -> np.ndarray:
+  """`(x - min) / (max - min)` per volume, as SSL4MIS prepared ACDC; a constant image gives 0."""
+  del config
+  x = image.astype(np.float64)
+  lo, hi = x.min(), x.max()
+  return ((x - lo) / (hi - lo) if hi > lo else np.zeros_like(x)).astype(np.float32)
+
+
+def zscore(image: np.ndarray, config=None) -> np.ndarray:
+  """`(x - mean) / std` per volume, as UA-MT prepared its left-atrium h5 files."""
+  del config
+  x = image.astype(np.float64)
+  return ((x - x.mean()) / max(x.std(), 1e-8)).astype(np.float32)
+
+
+def _window(image: np.ndarray, config, key: str, default) -> np.ndarray:
+  from jaxseg.data import kits19  # noqa: PLC0415 (CT runs only)
+  return kits19.window_ct(image, tuple(config.data.get(key) or default))
+
+
+def kits_window(image: np.ndarray, config) -> np.ndarray:
+  """The run's `data.kits_window` (HU) mapped to [0, 1], as the KiTS19 loader does."""
+  return _window(image, config, 'kits_window', (-79.0, 304.0))
+
+
+def pancreas_window(image: np.ndarray, config) -> np.ndarray:
+  """The run's `data.pancreas_window` (HU) mapped to [0, 1], as the pancreas loader does."""
+  return _window(image, config, 'pancreas_window', (-120.0, 240.0))
+
+
+# Keyed by `datasets.detect_layout` names, as each loader's docstring states: ACDC (and the
+# SSL4MIS h5 made from it), MSD and MM-WHS transpose nibabel's (X, Y, Z) to (Z, Y, X) as
+# SimpleITK does; KiTS19, pancreas and LA keep the stored order. A layout not listed gets
+# DEFAULT_CONVENTION; a new loader registers its own here.
+CONVENTIONS: dict[str, Convention] = {
+    'ssl4mis_h5': Convention((2, 1, 0), minmax),
+    'acdc_nifti': Convention((2, 1, 0), minmax),
+    'synthetic': Convention((2, 1, 0), minmax),
+    'msd': Convention((2, 1, 0), minmax),
+    'mmwhs': Convention((2, 1, 0), minmax),
+    'kits19': Convention((0, 1, 2), kits_window),
+    'pancreas': Convention((0, 1, 2), pancreas_window),
+    'la': Convention((0, 1, 2), zscore),
+}
+DEFAULT_CONVENTION = Convention((2, 1, 0), minmax)
+
+
+# --- the run ------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class LoadedRun:
+  """A run's config, model and restored variables; `logits_fn` is the evaluation forward pass."""
+
+  config: object
+  model: object
+  variables: dict
+  step: int
+  logits_fn: Callable[[np.ndarray], np.ndarray]
+
+
+def _checkpoint_kind_and_step(ckpts, checkpoint: str, workdir: str) -> tuple[str, int | None]:
+  if checkpoint == 'best':
+    return 'best', None
+  if checkpoint in ('last', 'latest'):
+    return 'latest', None
+  try:
+    step = int(checkpoint)
+  except ValueError:
+    raise JaxsegError(f'--checkpoint {checkpoint!r}: expected best, last or a step '
+                      'number') from None
+  for kind in ('latest', 'best'):
+    if step in getattr(ckpts, kind).all_steps():
+      return kind, step
+  saved = sorted(set(ckpts.latest.all_steps()) | set(ckpts.best.all_steps()))
+  raise DataError(f'{os.path.join(workdir, "checkpoints")}: no checkpoint at step {step} '
+                  f'(saved steps: {", ".join(map(str, saved)) or "none"})')
+
+
+def load_run(workdir: str, checkpoint: str = 'best') -> LoadedRun:
+  """Restores a run's model from `checkpoint`: 'best', 'last' or a step number."""
+  config = config_lib.read_run_config(workdir)
+  if not os.path.isdir(os.path.join(workdir, 'checkpoints')):
+    raise DataError(f'{os.path.join(workdir, "checkpoints")}: missing; the run saved no checkpoint')
+  # Imports JAX: after the cheap checks.
+  from jaxseg.models import build_model  # noqa: PLC0415
+  from jaxseg.training import checkpoint as checkpoint_lib  # noqa: PLC0415
+  from jaxseg.training import loop, schedules, step as step_lib  # noqa: PLC0415
+  model = build_model(config)
+  template = step_lib.abstract_state(model, schedules.optimizer(config), config)
+  ckpts = checkpoint_lib.Checkpoints(workdir, create=False)
+  try:
+    kind, step = _checkpoint_kind_and_step(ckpts, checkpoint, workdir)
+    state, _, meta = ckpts.restore(kind, template, step)
+  finally:
+    ckpts.close()
+  variables = {'params': state.params, 'batch_stats': state.batch_stats}
+  return LoadedRun(config, model, variables, int(meta['step']), loop.make_logits_fn(model)(state))
+
+
+def run_layout(config) -> str:
+  """The layout of the data the run trained on, or '' when that folder is not here."""
+  from jaxseg.data import datasets  # noqa: PLC0415
+  try:
+    return datasets.detect_layout(config.data.dir)
+  except DataError:
+    return ''
+
+
+# --- files --------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Input:
+  """A volume to predict: the network's (D, H, W) view and how to write results back."""
+
+  path: str
+  image_DHW: np.ndarray
+  axes: tuple[int, ...]  # stored array -> (D, H, W); the output is transposed back
+  stored_shape: tuple[int, ...]
+  affine: np.ndarray
+  header: object | None  # the NIfTI header to copy; None for h5 (identity affine)
+
+
+def stem(path: str) -> str:
+  name = os.path.basename(path)
+  for ext in INPUT_EXTS:
+    if name.endswith(ext):
+      return name[:-len(ext)]
+  return os.path.splitext(name)[0]
+
+
+def _to_3d(path: str, data: np.ndarray) -> np.ndarray:
+  """3D array; a 2D image is one slice, trailing singleton axes (4D NIfTI of one frame) dropped."""
+  while data.ndim > 3 and data.shape[-1] == 1:
+    data = data[..., 0]
+  if data.ndim == 2:
+    data = data[..., None]
+  if data.ndim != 3:
+    raise DataError(f'{path}: expected a 2D or 3D image, got shape {data.shape}')
+  return data
+
+
+def read_input(path: str, convention: Convention, config) -> Input:
+  """Reads a NIfTI or h5 file into the network's (D, H, W) view, normalized as in training."""
+  from jaxseg.data import readers  # noqa: PLC0415
+  if path.endswith('.h5'):
+    # SSL4MIS/UA-MT h5 images are stored already normalized, exactly as training reads them.
+    image, _ = readers.read_h5(path, num_classes=256, require_label=False)
+    stored_shape = image.shape
+    image = _to_3d(path, image)
+    if len(stored_shape) == 2:  # a 2D slice: one slice of (1, H, W)
+      image = image.transpose(2, 0, 1)
+      axes = (2, 0, 1)
+    else:
+      axes = (0, 1, 2)
+    return Input(path, np.ascontiguousarray(image), axes, stored_shape, np.eye(4), None)
+  import nibabel as nib  # noqa: PLC0415
+  data, affine, _ = readers.read_nifti(path)
+  header = nib.load(path).header
+  stored_shape = data.shape
+  data = _to_3d(path, data)
+  if np.ptp(data) == 0:
+    raise DataError(f'{path}: image is constant ({data.flat[0]}), nothing to segment')
+  image = convention.normalize(data, config).transpose(convention.axes)
+  return Input(path, np.ascontiguousarray(image), convention.axes, stored_shape, affine, header)
+
+
+def _back_to_stored(array_DHW: np.ndarray, item: Input) -> np.ndarray:
+  """The (D, H, W[, K]) result in the input file's own axis order and shape."""
+  extra = array_DHW.shape[3:]
+  inverse = tuple(np.argsort(item.axes)) + tuple(range(3, array_DHW.ndim))
+  return array_DHW.transpose(inverse).reshape(tuple(item.stored_shape) + extra)
+
+
+def _nifti(array: np.ndarray, item: Input, dtype) -> object:
+  import nibabel as nib  # noqa: PLC0415
+  if item.header is None:
+    return nib.Nifti1Image(array.astype(dtype), item.affine)
+  header = item.header.copy()
+  header.set_data_dtype(dtype)
+  # The input's scaling (e.g. CT slope/intercept) must not be applied to class indices.
+  header.set_slope_inter(1.0, 0.0)
+  image = nib.Nifti1Image(array.astype(dtype), item.affine, header)
+  image.header['cal_min'], image.header['cal_max'] = float(array.min()), float(array.max())
+  return image
+
+
+def output_paths(path: str, input_root: str, output_dir: str) -> dict[str, str]:
+  """`<output>/<subfolders of input_root>/<stem>_{pred,prob,image}.nii.gz` for one input file."""
+  rel = os.path.relpath(os.path.dirname(os.path.abspath(path)), os.path.abspath(input_root))
+  folder = os.path.normpath(os.path.join(output_dir, rel if rel != '.' else ''))
+  name = stem(path)
+  return {kind: os.path.join(folder, f'{name}_{kind}.nii.gz') for kind in ('pred', 'prob', 'image')}
+
+
+def predict_file(run: LoadedRun, path: str, paths: dict[str, str], *, convention: Convention,
+                 probabilities: bool = False, overwrite: bool = False) -> list[str]:
+  """Predicts one file and writes its NIfTI outputs; returns the paths written."""
+  from jaxseg.evaluation import inference  # noqa: PLC0415
+  import nibabel as nib  # noqa: PLC0415
+  wanted = ['pred'] + (['prob'] if probabilities else [])
+  wanted += ['image'] if path.endswith('.h5') else []
+  if not overwrite:
+    for kind in wanted:
+      if os.path.exists(paths[kind]):
+        raise DataError(f'{paths[kind]}: already exists; pass --overwrite to replace it '
+                        f'(nothing written for {path})')
+  item = read_input(path, convention, run.config)
+  labels = inference.predict(run.logits_fn, item.image_DHW, run.config)
+  dtype = np.uint8 if run.config.num_classes <= 256 else np.int16
+  outputs = {'pred': _nifti(_back_to_stored(labels, item), item, dtype)}
+  if probabilities:
+    probs = inference.predict(run.logits_fn, item.image_DHW, run.config, probabilities=True)
+    probs = _back_to_stored(probs, item)
+    if probs.ndim == 3:  # a 2D input: classes on the 4th axis all the same
+      probs = probs[:, :, None]
+    outputs['prob'] = _nifti(probs, item, np.float32)
+  if item.header is None:
+    image = _back_to_stored(item.image_DHW, item)
+    outputs['image'] = nib.Nifti1Image(image.astype(np.float32), item.affine)
+  os.makedirs(os.path.dirname(paths['pred']), exist_ok=True)
+  for kind, image in outputs.items():
+    nib.save(image, paths[kind])
+  return [paths[kind] for kind in outputs]
+
+
+def find_inputs(input_path: str, pattern: str = '*', exclude: str = '') -> list[str]:
+  """The file itself, or every NIfTI/h5 file under the folder matching `pattern`, sorted."""
+  if not os.path.exists(input_path):
+    raise DataError(f'{input_path}: input not found')
+  if os.path.isfile(input_path):
+    return [input_path]
+  exclude = os.path.abspath(exclude) + os.sep if exclude else ''
+  found = []
+  for folder, dirs, names in os.walk(input_path):
+    dirs.sort()
+    for name in sorted(names):
+      path = os.path.join(folder, name)
+      if (name.endswith(INPUT_EXTS) and fnmatch.fnmatch(name, pattern)
+          and not (exclude and os.path.abspath(path).startswith(exclude))):
+        found.append(path)
+  if not found:
+    raise DataError(f'{input_path}: no {", ".join(INPUT_EXTS)} files matching {pattern!r}')
+  return found
+
+
+# --- command line -------------------------------------------------------------------------
+
+
+def parse_args(argv):
+  parser = argparse.ArgumentParser(prog='python -m jaxseg.predict',
+                                   description=__doc__.split('\n')[0])
+  parser.add_argument('--workdir', required=True, help='run directory written by jaxseg.run')
+  parser.add_argument('--input', required=True, help='a .nii/.nii.gz/.h5 file or a folder of them')
+  parser.add_argument('--output', required=True, help='folder for the predictions')
+  parser.add_argument('--checkpoint', default='best', help='best (default), last, or a step')
+  parser.add_argument('--probabilities', action='store_true',
+                      help='also write per-class probabilities, <name>_prob.nii.gz')
+  parser.add_argument('--glob', default='*', help="file names to take from a folder, e.g. "
+                      "'*frame??.nii.gz' (default: every .nii, .nii.gz and .h5)")
+  parser.add_argument('--layout', choices=sorted(CONVENTIONS),
+                      help="NIfTI axis order and intensity normalization of this dataset layout "
+                           "(default: the run's own data layout)")
+  parser.add_argument('--overwrite', action='store_true', help='replace existing outputs')
+  parser.add_argument('--no-progress', action='store_true')
+  return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+  args = parse_args(sys.argv[1:] if argv is None else argv)
+  try:
+    if args.checkpoint not in CHECKPOINTS and not args.checkpoint.isdigit():
+      raise JaxsegError(f'--checkpoint {args.checkpoint!r}: expected best, last or a step number')
+    inputs = find_inputs(args.input, args.glob, exclude=args.output)
+    run = load_run(args.workdir, args.checkpoint)
+    layout = args.layout or run_layout(run.config)
+    convention = CONVENTIONS.get(layout, DEFAULT_CONVENTION)
+    print(f'{run.config.experiment}: checkpoint {args.checkpoint} (step {run.step}); '
+          f'{len(inputs)} file(s); NIfTI read as {layout or "default"} '
+          f'(axes {convention.axes}, {convention.normalize.__name__.strip("_")})', flush=True)
+  except JaxsegError as e:
+    print(f'error: {e}', file=sys.stderr)
+    return 2
+  import tqdm  # noqa: PLC0415
+  root = args.input if os.path.isdir(args.input) else os.path.dirname(args.input)
+  failed = []
+  bar = tqdm.tqdm(inputs, desc='predict', unit='file', disable=args.no_progress, dynamic_ncols=True)
+  for path in bar:
+    try:
+      written = predict_file(run, path, output_paths(path, root, args.output),
+                             convention=convention, probabilities=args.probabilities,
+                             overwrite=args.overwrite)
+      tqdm.tqdm.write(f'wrote {", ".join(written)}')
+    except JaxsegError as e:
+      failed.append(path)
+      tqdm.tqdm.write(f'failed: {e}', file=sys.stderr)
+  bar.close()
+  if failed:
+    print(f'error: {len(failed)} of {len(inputs)} files failed (named above); '
+          f'the other {len(inputs) - len(failed)} were written to {args.output}', file=sys.stderr)
+    return 2
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())
