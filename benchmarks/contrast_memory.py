@@ -239,7 +239,7 @@ def plot(rows, path):
       ax_time.loglog(*zip(*run), marker='o', color=color, label=case)
   ax_mem.axhline(1024, color='gray', linestyle='--', linewidth=1)
   ax_mem.text(ax_mem.get_xlim()[0], 1024, ' 1 GiB', va='bottom', color='gray')
-  ax_mem.set_ylabel('XLA temp memory, value + gradient (MiB); x = estimated')
+  ax_mem.set_ylabel('XLA temp memory, value + grad (MiB)')
   ax_time.set_ylabel('median wall time (ms), runs only')
   for ax in (ax_mem, ax_time):
     ax.set_xlabel('pixels in the batch N = B S^2')

@@ -264,6 +264,15 @@ class StrideBlockSampleTest(chex.TestCase):
                   group='image', num_views=2, blocks_per_step=3)
       np.testing.assert_allclose(chunked, got, rtol=1e-6)
 
+  def test_bad_arguments_are_refused(self):
+    emb, labels = self._batch(b=3)
+    with pytest.raises(ValueError, match='form'):
+      pixel_infonce_tiled(jnp.asarray(emb[0, 0]), labels[0, 0], labels[0, 0] > 0, 0.1, 'eq2')
+    with pytest.raises(ValueError, match='group'):
+      pixel_contrast.block_contrast(jnp.asarray(emb), labels, block=4, group='volume')
+    with pytest.raises(ValueError, match='num_views'):
+      pixel_contrast.block_contrast(jnp.asarray(emb), labels, block=4, group='image', num_views=2)
+
   def test_block_all_background_is_zero_and_finite(self):
     emb, _ = self._batch()
     labels = np.zeros((2, 8, 8), int)
