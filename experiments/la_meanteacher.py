@@ -12,7 +12,7 @@ iterations, 6,000 iterations, 2 labeled + 2 unlabeled 112x112x80 crops, sliding 
 iterations from the first step. One difference to UA-MT: the shared 'supervised' term's Dice
 averages background and foreground (UA-MT's is foreground only).
 
-Without --data-dir: the CPU profile of la_dualstream (the 3D phantom, 32^3 crops, 200 steps,
+Without --data-dir: the CPU profile of la_dualstream (the 3D phantom, 32^3 crops, 100 steps,
 4 base filters) with the ramp scaled the same way.
 """
 

@@ -53,9 +53,11 @@ def main(argv=None) -> int:
     workdir = args.workdir or os.path.join(
         'runs', f'{config.experiment}-{datetime.datetime.now():%Y%m%d-%H%M%S}')
     if profile == 'cpu':
-      print(f'No --data-dir: running {config.experiment} on the built-in synthetic cardiac '
-            f'phantom with its CPU profile ({config_lib.total_steps(config)} steps at '
-            f'{config.data.image_size}px).',
+      shape = (tuple(config.data.crop_shape) if config.data.crop_shape
+               else (config.data.image_size,) * 2)
+      print(f'No --data-dir: running {config.experiment} on the built-in synthetic '
+            f'{len(shape)}D phantom with its CPU profile ({config_lib.total_steps(config)} steps '
+            f'at {"x".join(map(str, shape))}).',
             flush=True)
     print(f'run directory: {workdir}', flush=True)
     from jaxseg.training.loop import train_and_evaluate  # imports JAX: after argument checks

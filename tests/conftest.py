@@ -27,6 +27,8 @@ def tiny_config(experiment: str = 'smoke', **data):
   from jaxseg import config as config_lib
   config = config_lib.load_experiment(experiment, 'cpu')
   smoke = config_lib.load_experiment('smoke', 'cpu')
+  if config.data.crop_shape:
+    return _tiny_3d(config, smoke, **data)
   with config.unlocked():
     all_labeled = config.data.labeled_num >= config.data.synthetic.num_train
     projection_dim, strong_ops = config.model.projection_dim, config.data.strong_ops
@@ -50,5 +52,24 @@ def tiny_config(experiment: str = 'smoke', **data):
             stage.data[key] = smoke.data[key]
       if 'eval' in stage and stage.eval.get('every'):
         stage.eval.every = smoke.eval.every
+    config.mean_teacher.update(start_step=0, rampup_length=4, rampup_interval=1)
+  return config
+
+
+def _tiny_3d(config, smoke, **data):
+  """A 3D experiment at the smallest widths, on 16^3 crops of a tiny 3D phantom: the
+  experiment's network, losses and evaluation mode stay."""
+  with config.unlocked():
+    config.data.update(dict(crop_shape=(16, 16, 16), labeled_num=2, labeled_batch=2,
+                            unlabeled_batch=2, read_threads=1))
+    config.data.synthetic3d.update(dict(num_train=4, num_val=1, num_test=1, size=20))
+    config.data.update(data)
+    config.model.update(dict(base_filters=2, resnet_blocks=(1, 1, 1, 1)))
+    config.eval.update(dict(window=(16, 16, 16), stride=(8, 8, 8), batch_size=2,
+                            every=smoke.eval.every))
+    config.checkpoint.update(smoke.checkpoint.to_dict())
+    config.steps = smoke.steps
+    config.log_every = 1
+    config.report = False
     config.mean_teacher.update(start_step=0, rampup_length=4, rampup_interval=1)
   return config

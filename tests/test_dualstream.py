@@ -444,8 +444,8 @@ def test_experiment_configs_hold_the_paper_protocol():
   mt = config_lib.load_experiment('la_meanteacher', 'paper')
   assert mt.model.name == 'vnet' and mt.losses == ('supervised', 'mean_teacher')
   assert (mt.mean_teacher.rampup_length, mt.mean_teacher.rampup_interval) == (6000, 150)
-  # The CPU profile keeps the schedule's shape: three lr levels over its 200 steps.
+  # The CPU profile keeps the schedule's shape: three lr levels over its 100 steps.
   cpu = config_lib.load_experiment('la_dualstream', 'cpu')
   lr = schedules.learning_rate(cpu)
-  assert cpu.steps == 200 and cpu.data.dir == ''
-  np.testing.assert_allclose([lr(0), lr(100), lr(199)], [0.01, 1e-3, 1e-4], rtol=1e-5)
+  assert cpu.steps == 100 and cpu.data.dir == '' and cpu.optimizer.decay_every == 42
+  np.testing.assert_allclose([lr(0), lr(50), lr(99)], [0.01, 1e-3, 1e-4], rtol=1e-5)
