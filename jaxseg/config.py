@@ -63,6 +63,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.crop_shape = ()
   c.data.rot_flip = True  # UA-MT's RandomRotFlip before the crop (MCF's code crops only)
   c.data.strong_noise = 0.0  # 3D image_strong = image_weak + clip(N(0, s), -2s, 2s); 0: equal
+  # K-fold cross-validation (LA, pancreas; `jaxseg.run --folds K` trains every fold): 0 = off.
+  c.data.folds = 0
+  c.data.fold = 0
   c.data.holdout_num = 4  # LA/Pancreas without test.list: last N of train.list validate
   c.data.pancreas_window = (-120.0, 240.0)  # HU (Karimijafarbigloo et al., section 3)
   c.data.pancreas_margin = 25  # voxels kept around the pancreas bounding box

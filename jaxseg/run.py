@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import os
 import sys
 
 from jaxseg import config as config_lib
-from jaxseg.errors import JaxsegError
+from jaxseg.errors import ConfigError, JaxsegError
 
 
 def parse_args(argv):
@@ -27,6 +28,9 @@ def parse_args(argv):
   parser.add_argument('--set', action='append', default=[], metavar='KEY=VALUE',
                       help='override a config value, e.g. --set optimizer.lr=0.001')
   parser.add_argument('--no-progress', action='store_true', help='no progress bars')
+  parser.add_argument('--folds', type=int, default=0, metavar='K',
+                      help='K-fold cross-validation (LA, pancreas): trains every fold in '
+                           'WORKDIR/fold_i and summarizes them in WORKDIR/folds.md')
   return parser.parse_args(argv)
 
 
@@ -42,6 +46,51 @@ def resolve_config(args):
     if args.steps is not None:
       config_lib.set_total_steps(config, args.steps)
   return config, profile
+
+
+def train_folds(config, workdir: str, folds: int, *, resume: bool, progress: bool) -> dict:
+  """Trains fold i of K in `workdir/fold_i` (finished folds are skipped on --resume) and writes
+  the mean and standard deviation over folds of each fold's mean validation Dice."""
+  import numpy as np  # noqa: PLC0415
+  from jaxseg.data import datasets  # noqa: PLC0415
+  from jaxseg.training.loop import train_and_evaluate  # noqa: PLC0415
+  layout = datasets.detect_layout(config.data.dir)
+  if layout not in ('la', 'pancreas'):
+    raise ConfigError(f'--folds: K-fold splits exist for the LA and pancreas layouts, not {layout}')
+  if resume and not os.path.isdir(workdir):
+    raise ConfigError(f'{workdir}: nothing to resume (no run directory there)')
+  if not resume and os.path.isdir(workdir) and os.listdir(workdir):
+    raise ConfigError(f'{workdir}: run directory already exists and is not empty; pass --resume '
+                      'to continue it or choose another --workdir (nothing was changed)')
+  os.makedirs(workdir, exist_ok=True)
+  dice = []
+  for fold in range(folds):
+    fold_dir = os.path.join(workdir, f'fold_{fold}')
+    done = os.path.isfile(os.path.join(fold_dir, 'results.json'))
+    if done:
+      with open(os.path.join(fold_dir, 'results.json')) as f:
+        results = json.load(f)
+    else:
+      fold_config = config_lib.from_json(config_lib.to_json(config))
+      with fold_config.unlocked():
+        fold_config.data.folds, fold_config.data.fold = folds, fold
+      print(f'fold {fold + 1} of {folds}: {fold_dir}', flush=True)
+      results = train_and_evaluate(fold_config, fold_dir, resume=os.path.isdir(fold_dir),
+                                   progress=progress)
+    means = results['splits']['val']['summary']['dice']['mean']
+    dice.append(float(np.nanmean(np.asarray(means, dtype=float))))
+  lines = [f'# {config.experiment}: {folds}-fold cross-validation', '',
+           '| fold | mean validation Dice (best checkpoint) |', '|---:|---:|']
+  lines += [f'| {i} | {d:.4f} |' for i, d in enumerate(dice)]
+  lines += ['', f'mean ± std over folds: {np.mean(dice):.4f} ± {np.std(dice):.4f}']
+  text = '\n'.join(lines)
+  print(text, flush=True)
+  with open(os.path.join(workdir, 'folds.md'), 'w') as f:
+    f.write(text + '\n')
+  summary = {'dice': dice, 'mean': float(np.mean(dice)), 'std': float(np.std(dice))}
+  with open(os.path.join(workdir, 'folds.json'), 'w') as f:
+    json.dump(summary, f, indent=2)
+  return summary
 
 
 def main(argv=None) -> int:
@@ -61,7 +110,10 @@ def main(argv=None) -> int:
             flush=True)
     print(f'run directory: {workdir}', flush=True)
     from jaxseg.training.loop import train_and_evaluate  # imports JAX: after argument checks
-    train_and_evaluate(config, workdir, resume=args.resume, progress=not args.no_progress)
+    if args.folds:
+      train_folds(config, workdir, args.folds, resume=args.resume, progress=not args.no_progress)
+    else:
+      train_and_evaluate(config, workdir, resume=args.resume, progress=not args.no_progress)
   except JaxsegError as e:
     print(f'error: {e}', file=sys.stderr)
     return 2

@@ -265,3 +265,38 @@ def test_pancreas_errors_are_one_line(tmp_path):
     datasets.load_data(config_3d(str(tmp_path), labeled_num=1, holdout_num=1))
   with pytest.raises(DataError, match='no pancreas voxels'):
     pancreas.crop_box(np.zeros((4, 4, 4)), 25, 'x.nii.gz')
+
+
+def test_k_fold_splits_cover_every_case_once():
+  train, test = [f'C{i}' for i in range(8)], ['T0', 'T1']
+  validated = []
+  for fold in range(3):
+    rest, val = la.holdout_split(train, test, 4, 'train.list', folds=3, fold=fold)
+    assert sorted(rest + val) == sorted(train + test) and not set(rest) & set(val)
+    validated += val
+  assert validated == train + test  # contiguous folds, in list order
+  with pytest.raises(DataError, match='data.folds=11'):
+    la.holdout_split(train, test, 4, 'train.list', folds=11)
+
+
+def test_run_folds_trains_every_fold_and_summarizes(tmp_path, capsys):
+  import json
+  from conftest import tiny_config
+  from jaxseg import run
+  write_la(tmp_path / 'LA', [f'CASE{i:02d}' for i in range(6)])
+  config = tiny_config('la_meanteacher', dir=str(tmp_path / 'LA'), labeled_num=1)
+  with config.unlocked():
+    config.steps = 1
+    config.eval.every = 1
+  summary = run.train_folds(config, str(tmp_path / 'cv'), 2, resume=False, progress=False)
+  assert len(summary['dice']) == 2 and all(0.0 <= d <= 1.0 for d in summary['dice'])
+  with open(tmp_path / 'cv' / 'fold_1' / 'config.json') as f:
+    assert json.load(f)['data']['fold'] == 1
+  assert 'mean ± std over folds' in (tmp_path / 'cv' / 'folds.md').read_text()
+  # Finished folds are read back, not retrained; other layouts are refused.
+  assert run.train_folds(config, str(tmp_path / 'cv'), 2, resume=True,
+                         progress=False) == summary
+  with config.unlocked():
+    config.data.dir = ''
+  with pytest.raises(ConfigError, match='--folds: K-fold splits exist for the LA and pancreas'):
+    run.train_folds(config, str(tmp_path / 'cv2'), 2, resume=False, progress=False)

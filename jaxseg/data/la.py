@@ -60,8 +60,21 @@ def read_list(path: str) -> list[str]:
 
 
 def holdout_split(train: Sequence[str], test: Sequence[str] | None, holdout_num: int,
-                  what: str) -> tuple[list[str], list[str]]:
-  """(training cases, validation cases): test.list when given, else the last `holdout_num`."""
+                  what: str, folds: int = 0, fold: int = 0) -> tuple[list[str], list[str]]:
+  """(training cases, validation cases): test.list when given, else the last `holdout_num`.
+
+  With `folds` = K > 0 (K-fold cross-validation, `python -m jaxseg.run --folds K`): every case
+  of train.list and test.list, in list order, cut into K contiguous folds; fold `fold`
+  validates and the others train (their first cases labeled, as usual).
+  """
+  if folds:
+    cases = list(train) + list(test or [])
+    if not 1 < folds <= len(cases) or not 0 <= fold < folds:
+      raise DataError(f'{what}: data.folds={folds}, data.fold={fold}: need 2 <= folds <= '
+                      f'{len(cases)} cases and 0 <= fold < folds')
+    bounds = [round(i * len(cases) / folds) for i in range(folds + 1)]
+    val = cases[bounds[fold]:bounds[fold + 1]]
+    return cases[:bounds[fold]] + cases[bounds[fold + 1]:], val
   if test:
     return list(train), list(test)
   if not 0 < holdout_num < len(train):
@@ -99,14 +112,16 @@ def load_la(config: ml_collections.ConfigDict) -> SegmentationData:
       path = os.path.join(root, CASES_FOLDER, name, CASE_FILE)
       if not os.path.isfile(path):
         raise DataError(f'{path}: listed in {os.path.basename(list_path)} but missing')
-  train, val = holdout_split(train, test, int(config.data.holdout_num), train_list)
+  train, val = holdout_split(train, test, int(config.data.holdout_num), train_list,
+                             int(config.data.folds), int(config.data.fold))
   n_labeled = splits.num_labeled(config, len(train) - 1, train_list)
 
   def load(name: str) -> Volume:
     return load_case(os.path.join(root, CASES_FOLDER, name, CASE_FILE), name)
 
   volumes = load_all(train, load, config.data.read_threads)
-  val_from = 'test.list' if test else f'the last {len(val)} of train.list'
+  val_from = ('test.list' if test else f'the last {len(val)} of train.list') if not (
+      config.data.folds) else f'fold {config.data.fold + 1} of {config.data.folds}'
   return SegmentationData(
       layout='la',
       labeled=VolumeSource(volumes[:n_labeled], with_label=True),

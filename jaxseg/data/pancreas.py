@@ -121,14 +121,16 @@ def load_pancreas(config: ml_collections.ConfigDict) -> SegmentationData:
     for path in case_paths(root, case):
       if not os.path.isfile(path):
         raise DataError(f'{path}: missing (case {case})')
-  train, val = la.holdout_split(train, test, int(d.holdout_num), root)
+  train, val = la.holdout_split(train, test, int(d.holdout_num), root, int(d.folds),
+                                int(d.fold))
   n_labeled = splits.num_labeled(config, len(train) - 1, root)
 
   def load(case: str) -> Volume:
     return load_case(*case_paths(root, case), window=window, margin=margin, name=case)
 
   volumes = la.load_all(train, load, d.read_threads)
-  val_from = 'test.list' if test else f'the last {len(val)} training cases'
+  val_from = ('test.list' if test else f'the last {len(val)} training cases') if not d.folds \
+      else f'fold {d.fold + 1} of {d.folds}'
   return SegmentationData(
       layout='pancreas',
       labeled=VolumeSource(volumes[:n_labeled], with_label=True),
