@@ -230,7 +230,8 @@ def plot_overlays(rows: list[tuple[str, object, np.ndarray]], class_names, path:
       ax.imshow(image, cmap='gray', interpolation='nearest')
       if label is not None:
         ax.imshow(_overlay_rgba(label), interpolation='nearest')
-      ax.set_title(f'{title}, slice {z}: {what}' if what == 'image' else what, fontsize=9)
+      # The volume's name on a line of its own: beside 'image' it overflowed the column.
+      ax.set_title(f'{title}\nslice {z}: {what}' if what == 'image' else f'\n{what}', fontsize=9)
       ax.set_xticks([])
       ax.set_yticks([])
   handles = [Patch(color=class_color(k + 1), label=name) for k, name in enumerate(class_names)]
