@@ -69,3 +69,45 @@ def acdc_hu(mode: str, profile: str):
     return config
   return hu_config(mode, global_steps=2_000, local_steps=2_400, finetune_steps=1_400,
                    global_batch=48, local_batch=4, finetune_batch=12)
+
+
+def _cpu(mode: str):
+  """The synthetic phantom (4 classes) at the ACDC experiments' CPU budget."""
+  return acdc_hu(mode, 'cpu')
+
+
+def hippocampus_hu(mode: str, profile: str):
+  """MSD Hippocampus at 10% labeled (16 of 156 training volumes), 64x64 slices.
+
+  Hu's epochs as steps, with ~36 slices per volume (5,600 training slices, 580 labeled): global
+  70 epochs at batch 120 (3,300 steps), local 70 epochs at batch 4 (10,000), fine-tuning 120
+  epochs at batch 8 (8,640, as hippocampus_supervised).
+  """
+  if profile == 'cpu':
+    return _cpu(mode)
+  config = hu_config(mode, global_steps=3_300, local_steps=10_000, finetune_steps=8_640,
+                     global_batch=120, local_batch=4, finetune_batch=8)
+  config.num_classes = 3
+  config.class_names = ('anterior', 'posterior')
+  config.data.update(labeled_fraction=0.1, msd_train_size=64, image_size=64, image_order=1)
+  config.eval.update(patch_size=64, interp_order=1)
+  return config
+
+
+def mmwhs_hu(mode: str, profile: str):
+  """MM-WHS CT at 20% labeled (2 of 10 training volumes), 160x160 slices.
+
+  Hu's epochs as steps, with ~250 slices per volume (2,500 training slices, 500 labeled): global
+  70 epochs at batch 120 (1,460 steps), local 70 epochs at batch 4 (8,750), fine-tuning 120
+  epochs at batch 8 (7,500, as mmwhs_supervised).
+  """
+  if profile == 'cpu':
+    return _cpu(mode)
+  from jaxseg.data import mmwhs  # noqa: PLC0415
+  config = hu_config(mode, global_steps=1_460, local_steps=8_750, finetune_steps=7_500,
+                     global_batch=120, local_batch=4, finetune_batch=8)
+  config.num_classes = mmwhs.NUM_CLASSES
+  config.class_names = mmwhs.CLASS_NAMES
+  config.data.update(labeled_fraction=0.2, mmwhs_train_size=160, image_size=160, image_order=1)
+  config.eval.update(every=500, patch_size=160, interp_order=1)
+  return config
