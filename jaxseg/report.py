@@ -434,6 +434,9 @@ def write_report(workdir: str, progress: bool = False) -> str:
     if results is None:
       raise DataError(f'{os.path.join(workdir, "results.json")}: missing (training has not '
                       'finished)')
+    if not results.get('splits'):
+      raise DataError('the run was not validated (eval.every=0: a pretraining stage), so there '
+                      'are no per-volume metrics')
     plot_metric_distributions(results, config.class_names, config.eval.units,
                               os.path.join(out_dir, 'metrics.png'))
     return ['## Per-class metrics over volumes', '', '![metrics](metrics.png)', '']

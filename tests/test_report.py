@@ -126,3 +126,17 @@ def test_projection_separates_two_clusters():
   # The clusters are apart along the first coordinate with no overlap.
   first = points[:, 0]
   assert first[:50].max() < first[50:].min() or first[50:].max() < first[:50].min()
+
+
+def test_report_of_a_run_without_validation(tmp_path):
+  """A pretraining-only run (eval.every=0) has curves but no metrics: the report says so."""
+  config = tiny_config()
+  with config.unlocked():
+    config.steps = 2
+    config.eval.every = 0
+    config.report = True
+  results = loop.train_and_evaluate(config, str(tmp_path / 'run'), progress=False)
+  assert results['splits'] == {} and results['best_step'] is None
+  text = (tmp_path / 'run' / 'report' / 'report.md').read_text()
+  assert '![learning curves](learning_curves.png)' in text
+  assert 'Not drawn: the run was not validated' in text

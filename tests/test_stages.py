@@ -62,6 +62,8 @@ def test_two_stages_chain_log_and_resume(tmp_path):
                                {'name': 'second', 'start_step': 3, 'end_step': 5}]
   with open(os.path.join(workdir, 'stages.json')) as f:
     assert json.load(f) == results['stages']
+  assert results['steps'] == 5 and len(results['stage_wall_seconds']) == 2
+  assert results['train_wall_seconds'] == pytest.approx(sum(results['stage_wall_seconds']))
   # One log, steps counted from the start of the run, each stage's own loss terms.
   with open(os.path.join(workdir, 'metrics.jsonl')) as f:
     train = [json.loads(l) for l in f if '"train"' in l]

@@ -92,6 +92,17 @@ def run_stages(config, data, workdir: str, resume: bool, progress: bool) -> dict
     with open(os.path.join(workdir, 'results.json')) as f:
       results = json.load(f)
   results['stages'] = boundaries
+  # Wall time and budget of the whole run (compare reports them), not of its last stage.
+  walls = []
+  for stage_dir in dirs:
+    with open(os.path.join(stage_dir, 'results.json')) as f:
+      saved = json.load(f)
+    # The run's own results.json already holds the totals when a finished run is resumed.
+    walls.append(saved['stage_wall_seconds'][-1] if 'stage_wall_seconds' in saved
+                 else saved.get('train_wall_seconds', 0.0))
+  results['stage_wall_seconds'] = walls
+  results['train_wall_seconds'] = sum(walls)
+  results['steps'] = boundaries[-1]['end_step']
   with open(os.path.join(workdir, 'results.json'), 'w') as f:
     json.dump(results, f, indent=2, default=loop.jsonable)
   return results
