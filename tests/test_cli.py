@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import os
 import pathlib
 
@@ -361,3 +362,10 @@ def test_smoke_run_then_evaluate(data_dir, tmp_path):
   for name in ('RV', 'MYO', 'LV'):
     assert f'| {name} |' in report, report
   assert report.strip() in out
+  # The run's final table reused the best checkpoint's validation pass: evaluating the saved
+  # checkpoint anew gives the same numbers.
+  saved = json.loads((workdir / 'results.json').read_text())['splits']['val']['summary']
+  again = json.loads((workdir / 'eval_val.json').read_text())['summary']
+  for metric in ('dice', 'hd95'):
+    np.testing.assert_allclose(np.asarray(saved[metric]['mean'], float),
+                               np.asarray(again[metric]['mean'], float), rtol=1e-6)

@@ -156,6 +156,7 @@ def train_stage(config, data, workdir: str, *, resume: bool, progress: bool,
   writer = MetricsWriter(log_dir)
   logits_fn = make_logits_fn(model)
   start_step = int(state.step)
+  best_val = None  # the best checkpoint's validation results, kept for the final report
   t0 = time.time()
 
   bar = tqdm.tqdm(total=config.steps, initial=start_step, desc=config.experiment or 'train',
@@ -177,12 +178,14 @@ def train_stage(config, data, workdir: str, *, resume: bool, progress: bool,
       bar.update(1)
 
       if evaluate and (step % config.eval.every == 0 or step == config.steps):
-        _, summary = evaluate_split(logits_fn(state), data.splits['val'], config, progress)
+        per_volume, summary = evaluate_split(logits_fn(state), data.splits['val'], config,
+                                             progress)
         mean_dice = float(np.nanmean(summary['dice']['mean']))
         writer.write(step_offset + step, metrics_lib.flat_scalars(summary, config.class_names),
                      prefix='val')
         if mean_dice > best['dice']:
           best = {'dice': mean_dice, 'step': step}
+          best_val = (step, per_volume, summary)
           ckpts.save('best', step, state, None, {'step': step, 'best': best})
       if step % config.checkpoint.every == 0 or step == config.steps:
         ckpts.save('latest', step, state, iterator.get_state(), {'step': step, 'best': best})
@@ -191,8 +194,8 @@ def train_stage(config, data, workdir: str, *, resume: bool, progress: bool,
     writer.close()
   wall = time.time() - t0
 
-  results = (final_report(model, ckpts, state, data, config, workdir, progress) if evaluate
-             else {'best_step': None, 'splits': {}})
+  results = (final_report(model, ckpts, state, data, config, workdir, progress, best_val)
+             if evaluate else {'best_step': None, 'splits': {}})
   results.update(steps=config.steps, train_wall_seconds=wall, resumed_from=start_step)
   with open(os.path.join(workdir, 'results.json'), 'w') as f:
     json.dump(results, f, indent=2, default=jsonable)
@@ -208,14 +211,23 @@ def start_from(state, variables: dict[str, Any], tx):
                        teacher_batch_stats=copy(batch_stats), opt_state=tx.init(params))
 
 
-def final_report(model, ckpts, state, data, config, workdir: str, progress: bool) -> dict:
-  """Evaluates the best checkpoint on every split; prints and saves the per-class tables."""
+def final_report(model, ckpts, state, data, config, workdir: str, progress: bool,
+                 best_val=None) -> dict:
+  """Evaluates the best checkpoint on every split; prints and saves the per-class tables.
+
+  `best_val` = (step, per_volume, summary): the validation results this process computed for
+  the best checkpoint, reused instead of evaluating the same weights again (a resumed run
+  evaluates anew).
+  """
   best_state, _, meta = ckpts.restore('best', state)
   logits_fn = make_logits_fn(model)(best_state)
   results = {'best_step': meta['step'], 'splits': {}}
   lines = [f'# {config.experiment}: best checkpoint, step {meta["step"]}', '']
   for split, volumes in data.splits.items():
-    per_volume, summary = evaluate_split(logits_fn, volumes, config, progress)
+    if split == 'val' and best_val is not None and best_val[0] == meta['step']:
+      per_volume, summary = best_val[1], best_val[2]
+    else:
+      per_volume, summary = evaluate_split(logits_fn, volumes, config, progress)
     table = metrics_lib.format_table(summary, config.class_names, units=config.eval.units)
     lines += [f'## {split} ({len(volumes)} volumes)', '', table, '']
     results['splits'][split] = {'summary': summary, 'per_volume': per_volume}
