@@ -44,6 +44,14 @@ def tiny_config(experiment: str = 'smoke', **data):
     config.steps = smoke.steps
     config.log_every = 1
     config.report = False  # tests/test_report.py covers it; 5-10 s per run otherwise
+    # A stage identical to one before it (LCLPL's rounds) runs once: same programs, same path.
+    kept, seen = [], []
+    for name in config.stage_order:
+      partial = config.stages[name].to_dict()
+      if partial not in seen:
+        kept.append(name)
+        seen.append(partial)
+    config.stage_order = tuple(kept)
     for stage in config.stages.values():  # every stage of a staged run shrinks the same way
       stage.steps = 2  # stages run in sequence: keep each short
       if 'data' in stage:

@@ -279,24 +279,36 @@ def test_k_fold_splits_cover_every_case_once():
     la.holdout_split(train, test, 4, 'train.list', folds=11)
 
 
-def test_run_folds_trains_every_fold_and_summarizes(tmp_path, capsys):
+def test_run_folds_trains_every_fold_and_summarizes(tmp_path, monkeypatch):
+  """The fold loop: fold i's config, directory, resume and the summary (training stubbed; the
+  splits themselves are tested above, and training is tested on every experiment)."""
   import json
-  from conftest import tiny_config
   from jaxseg import run
+  from jaxseg.training import loop
   write_la(tmp_path / 'LA', [f'CASE{i:02d}' for i in range(6)])
-  config = tiny_config('la_meanteacher', dir=str(tmp_path / 'LA'), labeled_num=1)
-  with config.unlocked():
-    config.steps = 1
-    config.eval.every = 1
-  summary = run.train_folds(config, str(tmp_path / 'cv'), 2, resume=False, progress=False)
-  assert len(summary['dice']) == 2 and all(0.0 <= d <= 1.0 for d in summary['dice'])
-  with open(tmp_path / 'cv' / 'fold_1' / 'config.json') as f:
-    assert json.load(f)['data']['fold'] == 1
-  assert 'mean ± std over folds' in (tmp_path / 'cv' / 'folds.md').read_text()
-  # Finished folds are read back, not retrained; other layouts are refused.
-  assert run.train_folds(config, str(tmp_path / 'cv'), 2, resume=True,
-                         progress=False) == summary
-  with config.unlocked():
-    config.data.dir = ''
+  trained = []
+
+  def fake_train(config, workdir, *, resume, progress):
+    del progress
+    trained.append((config.data.folds, config.data.fold, os.path.basename(workdir), resume))
+    os.makedirs(workdir)
+    results = {'splits': {'val': {'summary': {'dice': {'mean': [0.5 + config.data.fold / 10]}}}}}
+    with open(os.path.join(workdir, 'results.json'), 'w') as f:
+      json.dump(results, f)
+    return results
+
+  monkeypatch.setattr(loop, 'train_and_evaluate', fake_train)
+  config = config_3d(str(tmp_path / 'LA'))
+  summary = run.train_folds(config, str(tmp_path / 'cv'), 3, resume=False, progress=False)
+  assert trained == [(3, 0, 'fold_0', False), (3, 1, 'fold_1', False), (3, 2, 'fold_2', False)]
+  np.testing.assert_allclose(summary['dice'], [0.5, 0.6, 0.7])
+  np.testing.assert_allclose([summary['mean'], summary['std']], [0.6, np.std([0.5, 0.6, 0.7])])
+  assert 'mean ± std over folds: 0.6000' in (tmp_path / 'cv' / 'folds.md').read_text()
+  # Finished folds are read back, not retrained; an existing directory needs --resume.
+  assert run.train_folds(config, str(tmp_path / 'cv'), 3, resume=True, progress=False) == summary
+  assert len(trained) == 3
+  with pytest.raises(ConfigError, match='already exists'):
+    run.train_folds(config, str(tmp_path / 'cv'), 3, resume=False, progress=False)
+  config.data.dir = ''
   with pytest.raises(ConfigError, match='--folds: K-fold splits exist for the LA and pancreas'):
     run.train_folds(config, str(tmp_path / 'cv2'), 2, resume=False, progress=False)

@@ -117,9 +117,33 @@ def test_supervised_step_ignores_unlabeled_stream():
   assert 'consistency' not in metrics and np.isfinite(metrics['loss'])
 
 
+def _distinct_tiny_experiments() -> list[tuple[str, ...]]:
+  """Experiments grouped by their tiny config: several experiments differ only in their paper
+  profile (e.g. Hu et al. on ACDC, Hippocampus and MM-WHS share one CPU profile), and one run
+  covers a group. Every experiment's paper profile is checked separately below."""
+  groups = {}
+  for name in config_lib.list_experiments():
+    config = tiny_config(name)
+    with config.unlocked():
+      config.experiment = ''
+    groups.setdefault(config_lib.to_json(config), []).append(name)
+  return [tuple(names) for names in groups.values()]
+
+
 @pytest.mark.parametrize('experiment', config_lib.list_experiments())
-def test_every_experiment_runs_at_tiny_size(experiment, tmp_path):
-  config = tiny_config(experiment)
+def test_every_paper_profile_resolves(experiment):
+  """The paper profile of every experiment names known terms, stages and a buildable model."""
+  config = config_lib.load_experiment(experiment, 'paper')
+  for name in config.stage_order or ('',):
+    stage = config_lib.stage_config(config, name) if name else config
+    objectives.resolve(tuple(stage.losses))
+  assert config_lib.total_steps(config) > 0
+  build_model(config)
+
+
+@pytest.mark.parametrize('experiments', _distinct_tiny_experiments(), ids='+'.join)
+def test_every_experiment_runs_at_tiny_size(experiments, tmp_path):
+  config = tiny_config(experiments[0])
   with config.unlocked():
     config.steps = 2
   results = loop.train_and_evaluate(config, str(tmp_path / 'run'), progress=False)
