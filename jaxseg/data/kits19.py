@@ -157,19 +157,6 @@ def split_cases(cases: Sequence[str], seed: int = 0) -> dict[str, list[str]]:
   return splits.seeded_split(cases, PAPER_SPLIT, seed, 'KiTS19 split')
 
 
-def _resize_volume(volume: Volume, size: int, image_order: int) -> Volume:
-  """Every slice resized in-plane to (size, size); spacing scaled to match."""
-  d, h, w = volume.image.shape
-  image = np.stack([np.clip(transforms.resize(s, size, order=image_order), 0.0, 1.0)
-                    for s in volume.image]).astype(np.float32)
-  label = None if volume.label is None else np.stack(
-    [transforms.resize(s, size, order=0) for s in volume.label])
-  spacing = None if volume.spacing is None else (
-    volume.spacing[0], volume.spacing[1] * h / size, volume.spacing[2] * w / size)
-  return Volume(name=volume.name, image=image, label=label, spacing=spacing,
-                affine=None, path=volume.path)
-
-
 def load_kits19(config: ml_collections.ConfigDict) -> SegmentationData:
   """KiTS19 as SegmentationData: the training cases in memory, val/test loaded on access.
 
@@ -211,7 +198,7 @@ def load_kits19(config: ml_collections.ConfigDict) -> SegmentationData:
   def load_train(case: str) -> Volume:
     volume = load(case)
     if train_size:
-      volume = _resize_volume(volume, train_size, int(config.data.get('image_order', 1)))
+      volume = transforms.resize_volume(volume, train_size, int(config.data.get('image_order', 1)))
     return volume
 
   labeled = [load_train(c) for c in train[:n_labeled]]

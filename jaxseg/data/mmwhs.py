@@ -39,7 +39,7 @@ from collections.abc import Sequence
 import ml_collections
 import numpy as np
 
-from jaxseg.data import msd, splits
+from jaxseg.data import msd, splits, transforms
 from jaxseg.data.sources import LazyVolumes, SegmentationData, VolumeSliceSource
 from jaxseg.data.volume import Volume
 from jaxseg.errors import DataError
@@ -167,7 +167,7 @@ def load_mmwhs(config: ml_collections.ConfigDict) -> SegmentationData:
 
   def load_train(name: str) -> Volume:
     volume = load(name)
-    return msd.resize_volume(volume, train_size, image_order) if train_size else volume
+    return transforms.resize_volume(volume, train_size, image_order) if train_size else volume
 
   labeled = [load_train(c) for c in train[:n_labeled]]
   unlabeled = [load_train(c) for c in train[n_labeled:]]

@@ -135,22 +135,6 @@ def to_dhw(array_xyz: np.ndarray) -> np.ndarray:
   return array_xyz.transpose(2, 1, 0)
 
 
-def resize_volume(volume: Volume, size: int, image_order: int) -> Volume:
-  """Every slice resized in-plane to (size, size), labels by nearest neighbour; spacing scaled.
-
-  The affine is dropped: it no longer maps these voxels.
-  """
-  _, h, w = volume.image.shape
-  image = np.stack([np.clip(transforms.resize(s, size, order=image_order), 0.0, 1.0)
-                    for s in volume.image]).astype(np.float32)
-  label = None if volume.label is None else np.stack(
-    [transforms.resize(s, size, order=0) for s in volume.label])
-  spacing = None if volume.spacing is None else (
-    volume.spacing[0], volume.spacing[1] * h / size, volume.spacing[2] * w / size)
-  return Volume(name=volume.name, image=image, label=label, spacing=spacing,
-                affine=None, path=volume.path)
-
-
 def read_pair(image_path: str, label_path: str,
               require_label: bool = True) -> tuple[Volume, np.ndarray | None]:
   """Reads a 3D image and its label file, both as (D, H, W) = (Z, Y, X).
@@ -241,7 +225,7 @@ def load_msd(config: ml_collections.ConfigDict) -> SegmentationData:
 
   def load_train(name: str) -> Volume:
     volume = load(name)
-    return resize_volume(volume, train_size, image_order) if train_size else volume
+    return transforms.resize_volume(volume, train_size, image_order) if train_size else volume
 
   labeled = [load_train(c) for c in train[:n_labeled]]
   unlabeled = [load_train(c) for c in train[n_labeled:]]

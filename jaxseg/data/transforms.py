@@ -24,6 +24,7 @@ import grain
 import numpy as np
 from scipy import ndimage
 
+from jaxseg.data.volume import Volume
 from jaxseg.errors import ConfigError
 
 STRONG_OPS: tuple[str, ...] = ('brightness', 'contrast', 'gamma', 'blur', 'noise', 'cutout')
@@ -66,6 +67,23 @@ def resize(image: np.ndarray, size: int | tuple[int, int], order: int = 1) -> np
   out = ndimage.zoom(image, (shape[0] / h, shape[1] / w), order=order)
   # zoom rounds h * (size / h), which can land one pixel off after floating-point error.
   return _fit(out, shape)
+
+
+def resize_volume(volume: Volume, size: int, image_order: int) -> Volume:
+  """Every slice resized in-plane to (size, size), labels by nearest neighbour; spacing scaled.
+
+  Datasets whose training slices are resized at load (KiTS19, MSD, MM-WHS) use it. The affine
+  is dropped: it no longer maps these voxels.
+  """
+  _, h, w = volume.image.shape
+  image = np.stack([np.clip(resize(s, size, order=image_order), 0.0, 1.0)
+                    for s in volume.image]).astype(np.float32)
+  label = None if volume.label is None else np.stack(
+      [resize(s, size, order=0) for s in volume.label])
+  spacing = None if volume.spacing is None else (
+      volume.spacing[0], volume.spacing[1] * h / size, volume.spacing[2] * w / size)
+  return Volume(name=volume.name, image=image, label=label, spacing=spacing,
+                affine=None, path=volume.path)
 
 
 def random_rot_flip(
