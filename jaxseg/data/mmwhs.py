@@ -40,7 +40,7 @@ import ml_collections
 import numpy as np
 
 from jaxseg.data import msd, splits, transforms
-from jaxseg.data.sources import LazyVolumes, SegmentationData, VolumeSliceSource
+from jaxseg.data.sources import SegmentationData, split_volume_data
 from jaxseg.data.volume import Volume
 from jaxseg.errors import DataError
 
@@ -169,14 +169,9 @@ def load_mmwhs(config: ml_collections.ConfigDict) -> SegmentationData:
     volume = load(name)
     return transforms.resize_volume(volume, train_size, image_order) if train_size else volume
 
-  labeled = [load_train(c) for c in train[:n_labeled]]
-  unlabeled = [load_train(c) for c in train[n_labeled:]]
   size = f'{train_size}x{train_size}' if train_size else 'native size'
-  return SegmentationData(
-    layout='mmwhs',
-    labeled=VolumeSliceSource(labeled, with_label=True),
-    unlabeled=VolumeSliceSource(unlabeled, with_label=False),
-    splits={'val': LazyVolumes(split['val'], load), 'test': LazyVolumes(split['test'], load)},
-    description=(f'MM-WHS CT at {root}: {n_labeled} labeled cases, {len(train) - n_labeled} '
-                 f'unlabeled, {len(split["val"])} validation, {len(split["test"])} test '
-                 f'(training slices at {size})'))
+  return split_volume_data(
+      'mmwhs', split, n_labeled, load, load_train,
+      (f'MM-WHS CT at {root}: {n_labeled} labeled cases, {len(train) - n_labeled} '
+       f'unlabeled, {len(split["val"])} validation, {len(split["test"])} test '
+       f'(training slices at {size})'))

@@ -38,7 +38,7 @@ import ml_collections
 import numpy as np
 
 from jaxseg.data import readers, splits, transforms
-from jaxseg.data.sources import LazyVolumes, SegmentationData, VolumeSliceSource
+from jaxseg.data.sources import SegmentationData, split_volume_data
 from jaxseg.data.volume import Volume
 from jaxseg.errors import DataError
 
@@ -227,14 +227,9 @@ def load_msd(config: ml_collections.ConfigDict) -> SegmentationData:
     volume = load(name)
     return transforms.resize_volume(volume, train_size, image_order) if train_size else volume
 
-  labeled = [load_train(c) for c in train[:n_labeled]]
-  unlabeled = [load_train(c) for c in train[n_labeled:]]
   size = f'{train_size}x{train_size}' if train_size else 'native size'
-  return SegmentationData(
-    layout='msd',
-    labeled=VolumeSliceSource(labeled, with_label=True),
-    unlabeled=VolumeSliceSource(unlabeled, with_label=False),
-    splits={'val': LazyVolumes(split['val'], load), 'test': LazyVolumes(split['test'], load)},
-    description=(f'MSD task at {root} ({", ".join(class_names[1:])}): {n_labeled} labeled '
-                 f'volumes, {len(train) - n_labeled} unlabeled, {len(split["val"])} validation, '
-                 f'{len(split["test"])} test (training slices at {size})'))
+  return split_volume_data(
+      'msd', split, n_labeled, load, load_train,
+      (f'MSD task at {root} ({", ".join(class_names[1:])}): {n_labeled} labeled '
+       f'volumes, {len(train) - n_labeled} unlabeled, {len(split["val"])} validation, '
+       f'{len(split["test"])} test (training slices at {size})'))
