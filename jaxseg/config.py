@@ -122,9 +122,13 @@ def base_config() -> ml_collections.ConfigDict:
       zeta='count',  # 'count' (eq. 5 derivation: number of negative keys) or a number
       sampler='entropy',  # 'entropy' (paper), 'confidence' or 'cosine' (Table 3)
       entropy_scope='class',  # nearest in Ent^k among class-k patches, or 'all' (literal)
-      assign='dominant', min_conf=0.1,  # patch class: argmax of mean confidence
-      num_anchors=0,  # 0: every patch is an anchor; else a random subset of this size
-      foreground_anchors=False,  # only patches of a foreground class as anchors
+      # Keys: 'per_class' (§3.1: a patch of I * C^k for each class k a cell holds, Avg^k >
+      # min_conf), or one per cell of its 'dominant' class (argmax of Avg) or 'foreground' class.
+      assign='per_class', min_conf=0.1,
+      patches_per_class=64,  # 'per_class': keys drawn per class and step (4 x 64 at ACDC)
+      detach_keys=False,  # False: keys carry gradient (Algorithm 1); True: as a detached queue
+      num_anchors=0,  # 0: every key is an anchor; else a random subset of this size
+      foreground_anchors=False,  # only keys of a foreground class as anchors
       embedding='patches',  # 'patches' through the encoder (paper) or pooled 'regions'
       pseudo_label='student',  # confidence maps of unlabeled images: 'student' (paper) or 'teacher'
   ))

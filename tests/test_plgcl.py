@@ -104,7 +104,8 @@ def _jit_positives(image, c1, sampler, scope, num_pos=3, anchors=(0,)):
 
 def _positives(image, c1, sampler, scope, num_pos=3, anchors=(0,)):
   stats = plgcl.patch_statistics(image, _two_class_conf(c1), 2)
-  return plgcl.sample_positives(stats, jnp.array(anchors), num_pos, sampler, scope)
+  return plgcl.sample_positives(plgcl.grid_keys(stats), jnp.array(anchors), num_pos, sampler,
+                                scope)
 
 
 class SamplerTest(chex.TestCase):

@@ -262,11 +262,12 @@ def test_one_and_eight_devices_give_the_same_losses():
   np.testing.assert_allclose(eight, one, rtol=2e-4, atol=1e-6)
 
 
-@pytest.mark.parametrize('embedding', ['patches', 'regions'])
-def test_plgcl_switches_on_after_warmup_without_recompiling(embedding):
+@pytest.mark.parametrize('embedding,assign', [('patches', 'per_class'), ('regions', 'dominant')])
+def test_plgcl_switches_on_after_warmup_without_recompiling(embedding, assign):
   config = tiny_config('acdc_plgcl')
   with config.unlocked():
-    config.plgcl.update(warmup_steps=2, patch=8, num_pos=3, embedding=embedding)
+    config.plgcl.update(warmup_steps=2, patch=8, num_pos=3, embedding=embedding, assign=assign,
+                        patches_per_class=8, detach_keys=assign == 'per_class')
     config.model.projection_dim = 16
   _, jitted, state, batches, mesh = _setup(config)
   weights, losses = [], []
@@ -278,6 +279,19 @@ def test_plgcl_switches_on_after_warmup_without_recompiling(embedding):
   np.testing.assert_allclose(weights, [0, 0, 0.2, 0.2], rtol=1e-6)
   assert np.all(np.isfinite(losses)) and min(losses) > 0
   assert jitted._cache_size() == 1
+
+
+def test_plgcl_refuses_regions_with_per_class_keys():
+  from jaxseg.errors import ConfigError
+  from jaxseg.methods.plgcl import check_config
+  config = tiny_config('acdc_plgcl')
+  with config.unlocked():
+    config.plgcl.update(embedding='regions', assign='per_class')
+  with pytest.raises(ConfigError, match='plgcl.embedding=regions'):
+    check_config(config.plgcl)
+  config.plgcl.assign = 'majority'
+  with pytest.raises(ConfigError, match='plgcl.assign'):
+    check_config(config.plgcl)
 
 
 def test_pool_regions_matches_patch_means():

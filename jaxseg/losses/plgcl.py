@@ -2,13 +2,22 @@
 contrastive loss (§3.2, eq. 5).
 
 Pure functions of arrays with fixed shapes under jit: sets of patches are masks or fixed-size index
-arrays with a validity mask, never data-dependent shapes. Shapes: B images, P patches per image,
-M = B * P keys, A anchors, N positives per anchor, K classes (0 = background), D embedding size,
-S = patch * patch pixels.
+arrays with a validity mask, never data-dependent shapes. Shapes: B images, P patches per image
+(grid cells), M keys, A anchors, N positives per anchor, K classes (0 = background), D embedding
+size, S = patch * patch pixels.
 
-Pipeline: `patch_statistics` (eqs. 1-3 and the patch's class) -> `select_anchors` and
+Keys. §3.1 attends the image once per class, I^k = I (.) C^k, and cuts each attended image into
+patches P^k_{i,j}; a key is one (image, cell, class) triple. `assign='per_class'` (default) keeps
+that reading: the key (i, j, k) exists where the cell holds some of class k (Avg^k > min_conf), and
+at most `patches_per_class` of them are drawn per class and step, so every class has its own
+patches. 'dominant' and 'foreground' give each cell one class and make it one key (M = B * P); on
+ACDC labels 98% of those are background (BUILD_NOTES.md). A key set is a dict of flat arrays
+(`grid_keys`, `per_class_keys`).
+
+Pipeline: `patch_statistics` (eqs. 1-3) -> `make_keys` -> `select_anchors` and
 `sample_positives` (n nearest keys) -> `plgcl_loss` (eq. 5 through `closed_form_from_moments`);
-`plgcl_from_patches` composes them.
+`plgcl_from_keys` composes the last three for embeddings of the keys, `plgcl_from_patches` all of
+them for embeddings of the grid cells (grid assignments).
 """
 
 from __future__ import annotations
@@ -22,11 +31,15 @@ import jax.numpy as jnp
 TAU = 0.2
 LAM = 4.0
 NUM_POS = 20
-# 'foreground' assignment: a patch whose best foreground class has less mean confidence than this
-# is background.
+# A patch holds class k when its mean confidence Avg^k exceeds this: 'per_class' keys exist only
+# there; in 'foreground' a patch whose best foreground class is below it is background. On one-hot
+# labels it is a pixel fraction (>= 103 of 1,024 pixels at 32x32).
 MIN_CONF = 0.1
+# 'per_class': keys drawn per class and step (see `per_class_keys`).
+PATCHES_PER_CLASS = 64
 
-ASSIGNS = ('dominant', 'foreground')
+ASSIGNS = ('per_class', 'dominant', 'foreground')
+GRID_ASSIGNS = ('dominant', 'foreground')
 SAMPLERS = ('entropy', 'confidence', 'cosine')
 SCOPES = ('class', 'all')
 
@@ -64,8 +77,9 @@ def assign_patch_classes(avg_BPK: jax.Array, assign: str = 'dominant',
   'dominant': argmax over all classes, background included (the class with most confidence mass).
   'foreground': the best foreground class if its mean confidence exceeds `min_conf`, else 0, so a
   patch holding a small structure is not swallowed by the background around it.
+  ('per_class' gives a cell a key per class it holds, not one class: see `per_class_keys`.)
   """
-  _check('assign', assign, ASSIGNS)
+  _check('assign', assign, GRID_ASSIGNS)
   if assign == 'dominant':
     return jnp.argmax(avg_BPK, axis=-1)
   fg_BPK = avg_BPK[..., 1:]
@@ -79,8 +93,9 @@ def patch_statistics(image_BHW: jax.Array, conf_BHWK: jax.Array, patch: int,
 
   `conf_BHWK` is the student's softmax (unlabeled) or the ground-truth one-hot (labeled); the
   image should be in [0, 1] (eq. 3 is an entropy of intensities). A trailing channel of 1 is
-  accepted. Returns avg_BPK (eq. 1), ent_BPK (eq. 2: mean of F(I * C^k)), label_BP and
-  patches_BPSK (the attended patches I * C^k, flattened, for the cosine sampler).
+  accepted. Returns avg_BPK (eq. 1), ent_BPK (eq. 2: mean of F(I * C^k)), patches_BPSK (the
+  attended patches I * C^k, flattened), present_BPK (Avg^k > min_conf: the cell holds class k) and,
+  for the grid assignments, label_BP (the cell's one class).
   """
   if image_BHW.ndim == 4:
     image_BHW = image_BHW[..., 0]
@@ -89,9 +104,84 @@ def patch_statistics(image_BHW: jax.Array, conf_BHWK: jax.Array, patch: int,
   att_BPppK = patch_grid(attended_BHWK, patch)
   ent_BPK = binary_entropy(att_BPppK).mean(axis=(2, 3))
   b, p, _, _, k = att_BPppK.shape
-  return dict(avg_BPK=avg_BPK, ent_BPK=ent_BPK,
-              label_BP=assign_patch_classes(avg_BPK, assign, min_conf),
-              patches_BPSK=att_BPppK.reshape(b, p, patch * patch, k))
+  stats = dict(avg_BPK=avg_BPK, ent_BPK=ent_BPK, present_BPK=avg_BPK > min_conf,
+               patches_BPSK=att_BPppK.reshape(b, p, patch * patch, k))
+  _check('assign', assign, ASSIGNS)
+  if assign in GRID_ASSIGNS:
+    stats['label_BP'] = assign_patch_classes(avg_BPK, assign, min_conf)
+  return stats
+
+
+# ------------------------------------------------------------------------------------------------
+# §3.1: keys
+# ------------------------------------------------------------------------------------------------
+# A key set is a dict of flat arrays over M keys: cell_M (index into the B * P grid cells),
+# class_M, valid_M, the cell's eq. 1 and 2 values in every class (avg_MK, ent_MK: a sampler
+# measures a key in the anchor's class), patches_MSK (the cell's attended patches, cosine sampler)
+# and patch_MS (the key's own attended patch I * C^class, what is embedded).
+
+
+def _gather_keys(stats: dict, cell_M: jax.Array, class_M: jax.Array, valid_M: jax.Array) -> dict:
+  b, p, s, k = stats['patches_BPSK'].shape
+  flat = lambda x: x.reshape((b * p,) + x.shape[2:])[cell_M]
+  patches_MSK = flat(stats['patches_BPSK'])
+  patch_MS = jnp.take_along_axis(patches_MSK, class_M[:, None, None], axis=-1)[..., 0]
+  return dict(cell_M=cell_M, class_M=class_M, valid_M=valid_M, avg_MK=flat(stats['avg_BPK']),
+              ent_MK=flat(stats['ent_BPK']), patches_MSK=patches_MSK, patch_MS=patch_MS)
+
+
+def grid_keys(stats: dict) -> dict:
+  """One key per grid cell, of the cell's one class (`label_BP`: 'dominant' or 'foreground')."""
+  if 'label_BP' not in stats:
+    raise ValueError("grid keys need a cell class: patch_statistics with assign 'dominant' or "
+                     "'foreground'")
+  label_M = stats['label_BP'].reshape(-1)
+  return _gather_keys(stats, jnp.arange(label_M.shape[0]), label_M,
+                      jnp.ones(label_M.shape, bool))
+
+
+def per_class_keys(stats: dict, rng: Optional[jax.Array],
+                   patches_per_class: int = PATCHES_PER_CLASS) -> dict:
+  """§3.1's patches P^k_{i,j}: keys (cell, class k) where the cell holds class k, at most
+  `patches_per_class` per class, drawn uniformly among the valid ones.
+
+  M = K * patches_per_class, class-major (slots k * Q .. (k+1) * Q - 1 are class k); a class with
+  fewer valid cells fills its first slots and leaves the rest invalid (cell 0). Drawn without
+  replacement as the top Q of uniform scores (Gumbel top-k) with `rng`; without `rng` the first
+  valid cells in grid order are taken (deterministic, for tests and measurements).
+  """
+  present_BPK = stats['present_BPK']
+  b, p, k = present_BPK.shape
+  present_KC = present_BPK.reshape(b * p, k).T
+  if rng is None:
+    u_C = 1.0 - jnp.arange(b * p, dtype=jnp.float32) / (b * p)  # first cells first
+  else:
+    u_C = jax.random.uniform(rng, (b * p,))
+  score_KC = jnp.where(present_KC, u_C[None, :], -1.0)  # u in [0, 1]; -1 marks absent
+  q = min(patches_per_class, b * p)
+  top_KQ, cell_KQ = jax.lax.top_k(score_KC, q)
+  valid_KQ = top_KQ >= 0.0
+  if q < patches_per_class:  # fixed shape whatever the number of cells
+    pad = ((0, 0), (0, patches_per_class - q))
+    cell_KQ, valid_KQ = jnp.pad(cell_KQ, pad), jnp.pad(valid_KQ, pad)
+  cell_KQ = jnp.where(valid_KQ, cell_KQ, 0)
+  class_KQ = jnp.broadcast_to(jnp.arange(k)[:, None], cell_KQ.shape)
+  return _gather_keys(stats, cell_KQ.reshape(-1), class_KQ.reshape(-1), valid_KQ.reshape(-1))
+
+
+def make_keys(stats: dict, assign: str, rng: Optional[jax.Array] = None,
+              patches_per_class: int = PATCHES_PER_CLASS) -> dict:
+  """The key set of `assign` ('per_class', or a grid assignment `patch_statistics` applied)."""
+  _check('assign', assign, ASSIGNS)
+  if assign == 'per_class':
+    return per_class_keys(stats, rng, patches_per_class)
+  return grid_keys(stats)
+
+
+def key_class_counts(keys: dict, num_classes: int) -> jax.Array:
+  """(K,) valid keys per class: with every key an anchor, the anchors' class balance."""
+  return jnp.bincount(jnp.where(keys['valid_M'], keys['class_M'], num_classes),
+                      length=num_classes + 1)[:num_classes]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -158,23 +248,19 @@ def nearest_positives(dist_AM: jax.Array, key_class_M: jax.Array, anchor_idx_A: 
   return pos_idx_AN, pos_valid_AN
 
 
-def sample_positives(stats: dict, anchor_idx_A: jax.Array, num_pos: int = NUM_POS,
-                     sampler: str = 'entropy', entropy_scope: str = 'class',
-                     key_valid_M: Optional[jax.Array] = None) -> dict:
-  """Positives for anchors indexing the flattened patches of `patch_statistics`' output.
+def sample_positives(keys: dict, anchor_idx_A: jax.Array, num_pos: int = NUM_POS,
+                     sampler: str = 'entropy', entropy_scope: str = 'class') -> dict:
+  """Positives for anchors indexing the keys of a key set (`make_keys`).
 
-  Returns key_class_M, anchor_class_A, pos_idx_AN (indices into the M = B * P keys) and
-  pos_valid_AN. Negatives are implicit: the keys of every other class (see `plgcl_loss`).
+  Returns anchor_class_A and pos_idx_AN (indices into the M keys), pos_valid_AN. Invalid keys are
+  never positives. Negatives are implicit: the valid keys of every other class (`plgcl_loss`).
   """
-  flat = lambda x: x.reshape((-1,) + x.shape[2:])
-  key_class_M = flat(stats['label_BP'])
-  anchor_class_A = key_class_M[anchor_idx_A]
-  dist_AM = sampling_distance(sampler, anchor_idx_A, anchor_class_A, flat(stats['ent_BPK']),
-                              flat(stats['avg_BPK']), flat(stats['patches_BPSK']))
-  pos_idx_AN, pos_valid_AN = nearest_positives(dist_AM, key_class_M, anchor_idx_A, num_pos,
-                                               entropy_scope, key_valid_M)
-  return dict(key_class_M=key_class_M, anchor_class_A=anchor_class_A, pos_idx_AN=pos_idx_AN,
-              pos_valid_AN=pos_valid_AN)
+  anchor_class_A = keys['class_M'][anchor_idx_A]
+  dist_AM = sampling_distance(sampler, anchor_idx_A, anchor_class_A, keys['ent_MK'],
+                              keys['avg_MK'], keys['patches_MSK'])
+  pos_idx_AN, pos_valid_AN = nearest_positives(dist_AM, keys['class_M'], anchor_idx_A, num_pos,
+                                               entropy_scope, keys['valid_M'])
+  return dict(anchor_class_A=anchor_class_A, pos_idx_AN=pos_idx_AN, pos_valid_AN=pos_valid_AN)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -362,6 +448,34 @@ def expected_infonce_monte_carlo(rng: jax.Array, f_D: jax.Array, mu_pos_D: jax.A
 # ------------------------------------------------------------------------------------------------
 
 
+def plgcl_from_keys(keys: dict, emb_MD: jax.Array, num_classes: int, *,
+                    key_emb_MD: Optional[jax.Array] = None, rng: Optional[jax.Array] = None,
+                    num_anchors: Optional[int] = None,
+                    anchor_mask_M: Optional[jax.Array] = None, num_pos: int = NUM_POS,
+                    tau: float = TAU, lam: float = LAM, zeta: Union[str, float] = 'count',
+                    sampler: str = 'entropy', entropy_scope: str = 'class'):
+  """PLGCL for a key set: anchors and positives -> eq. 5. Returns (loss, aux).
+
+  `emb_MD` embeds the keys (same order, e.g. their `patch_MS`); anchors are taken from it, keys
+  from `key_emb_MD` (e.g. detached, or the teacher's) or from `emb_MD` itself. Anchors: every
+  valid key or `num_anchors` drawn with `rng`; `anchor_mask_M` can exclude keys from being
+  anchors. Invalid keys are never anchors, positives or negatives.
+  """
+  m, _ = emb_MD.shape
+  if keys['class_M'].shape != (m,):
+    raise ValueError(f'{m} embeddings but {keys["class_M"].shape[0]} keys')
+  anchor_idx_A = select_anchors(m, num_anchors, rng)
+  pos = sample_positives(keys, anchor_idx_A, num_pos, sampler, entropy_scope)
+  key_emb_MD = emb_MD if key_emb_MD is None else key_emb_MD
+  anchor_ok_M = keys['valid_M'] if anchor_mask_M is None else keys['valid_M'] & anchor_mask_M
+  loss, aux = plgcl_loss(emb_MD[anchor_idx_A], key_emb_MD, pos['anchor_class_A'],
+                         keys['class_M'], pos['pos_idx_AN'], pos['pos_valid_AN'],
+                         anchor_ok_M[anchor_idx_A], num_classes, tau, lam, zeta,
+                         key_valid_M=keys['valid_M'])
+  aux['class_count_K'] = key_class_counts(keys, num_classes)
+  return loss, aux
+
+
 def plgcl_from_patches(image_BHW: jax.Array, conf_BHWK: jax.Array, emb_BPD: jax.Array, *,
                        patch: int, key_emb_BPD: Optional[jax.Array] = None,
                        rng: Optional[jax.Array] = None, num_anchors: Optional[int] = None,
@@ -370,26 +484,22 @@ def plgcl_from_patches(image_BHW: jax.Array, conf_BHWK: jax.Array, emb_BPD: jax.
                        sampler: str = 'entropy', entropy_scope: str = 'class',
                        assign: str = 'dominant', min_conf: float = MIN_CONF,
                        stats: Optional[dict[str, jax.Array]] = None):
-  """PLGCL for a batch: statistics -> anchors and positives -> eq. 5. Returns (loss, aux).
+  """PLGCL with one key per grid cell (assign 'dominant' or 'foreground'). Returns (loss, aux).
 
-  `emb_BPD` embeds the patches of `patch_grid` (same order); anchors are taken from it, keys from
-  `key_emb_BPD` (e.g. the teacher's) or from `emb_BPD` itself. Anchors: all B * P patches or
-  `num_anchors` drawn with `rng`; `anchor_mask_BP` can exclude patches from being anchors.
-  `stats`, when the caller already has `patch_statistics(image, conf, patch, assign, min_conf)`,
-  is used instead of computing it again.
+  `emb_BPD` embeds the patches of `patch_grid` (same order). For 'per_class' keys, whose
+  embeddings depend on which keys are drawn, use `make_keys` and `plgcl_from_keys`. `stats`, when
+  the caller already has `patch_statistics(image, conf, patch, assign, min_conf)`, is used instead
+  of computing it again.
   """
+  _check('assign', assign, GRID_ASSIGNS)
   b, p, d = emb_BPD.shape
   if stats is None:
     stats = patch_statistics(image_BHW, conf_BHWK, patch, assign, min_conf)
   if stats['label_BP'].shape != (b, p):
     raise ValueError(f'{p} embeddings per image but {stats["label_BP"].shape[1]} patches')
-  anchor_idx_A = select_anchors(b * p, num_anchors, rng)
-  pos = sample_positives(stats, anchor_idx_A, num_pos, sampler, entropy_scope)
-  emb_MD = emb_BPD.reshape(b * p, d)
-  key_emb_MD = emb_MD if key_emb_BPD is None else key_emb_BPD.reshape(b * p, d)
-  anchor_valid_A = None if anchor_mask_BP is None else anchor_mask_BP.reshape(-1)[anchor_idx_A]
-  loss, aux = plgcl_loss(emb_MD[anchor_idx_A], key_emb_MD, pos['anchor_class_A'],
-                         pos['key_class_M'], pos['pos_idx_AN'], pos['pos_valid_AN'],
-                         anchor_valid_A, conf_BHWK.shape[-1], tau, lam, zeta)
-  aux['class_count_K'] = jnp.bincount(pos['key_class_M'], length=conf_BHWK.shape[-1])
-  return loss, aux
+  key_emb = None if key_emb_BPD is None else key_emb_BPD.reshape(b * p, d)
+  mask = None if anchor_mask_BP is None else anchor_mask_BP.reshape(-1)
+  return plgcl_from_keys(grid_keys(stats), emb_BPD.reshape(b * p, d), conf_BHWK.shape[-1],
+                         key_emb_MD=key_emb, rng=rng, num_anchors=num_anchors,
+                         anchor_mask_M=mask, num_pos=num_pos, tau=tau, lam=lam, zeta=zeta,
+                         sampler=sampler, entropy_scope=entropy_scope)

@@ -3,9 +3,13 @@
 Eq. 8: supervised CE + beta * consistency (the `mean_teacher` term with `consistency='ce'`) +
 gamma * PLGCL over the whole batch (labeled and unlabeled images). Confidence maps C^k are the
 ground-truth one-hot for labeled images and the student's softmax for unlabeled ones (§3.1, the
-pseudo-label Y' comes from the student); the patches of each image are embedded by the student's
-encoder and projection head. PLGCL is off during the warm-up (§3.4: 50 epochs) through a traced
-weight, so switching it on does not recompile the step.
+pseudo-label Y' comes from the student). Keys (`plgcl.assign`): 'per_class' (default, §3.1) =
+the attended patches I (.) C^k of every class k a grid cell holds, at most `patches_per_class` per
+class and step; 'dominant' / 'foreground' = one key per grid cell. Each key's attended patch is
+embedded by the student's encoder and projection head. Keys carry gradient as in Algorithm 1;
+`plgcl.detach_keys` stops it on the key side (the authors' code contrasts with a detached teacher
+queue). PLGCL is off during the warm-up (§3.4: 50 epochs) through a traced weight, so switching it
+on does not recompile the step.
 """
 
 from __future__ import annotations
@@ -46,17 +50,13 @@ def pool_regions(bottleneck_BhwC: jax.Array, image_size: int, patch: int) -> jax
   return pooled.reshape(b, -1, c)
 
 
-def patch_embeddings(out, images_BHW, stats, config) -> jax.Array:
-  """(B, P, D) student embeddings of the grid patches, in `patch_grid` order."""
+def key_embeddings(out, images_BHW, keys, config) -> jax.Array:
+  """(M, D) student embeddings of the keys, in key order."""
   p = config.plgcl
-  b = images_BHW.shape[0]
   if p.embedding == 'patches':
-    # Each patch is seen through the attention of its own class: I * C^k with k its class (§3.1).
-    label_BP = stats['label_BP']
-    attended_BPS = jnp.take_along_axis(stats['patches_BPSK'], label_BP[..., None, None],
-                                       axis=-1)[..., 0]
-    patches = attended_BPS.reshape(-1, p.patch, p.patch, 1)
-    return out.apply(patches, method='embed_patches').reshape(b, label_BP.shape[1], -1)
+    # Each key is seen through the attention of its own class: I * C^k (§3.1).
+    patches = keys['patch_MS'].reshape(-1, p.patch, p.patch, 1)
+    return out.apply(patches, method='embed_patches')
   if p.embedding == 'regions':
     # The cheaper option: the bottleneck the main forward already computed, averaged over each
     # patch's region, through the head only (no second encoder pass).
@@ -64,9 +64,21 @@ def patch_embeddings(out, images_BHW, stats, config) -> jax.Array:
                                   out.student_unlabeled['bottleneck']], axis=0)
     pooled = pool_regions(bottleneck, images_BHW.shape[1], p.patch)
     b, num_patches, c = pooled.shape
-    return out.apply(pooled.reshape(b * num_patches, c), method='project').reshape(
-        b, num_patches, -1)
+    return out.apply(pooled.reshape(b * num_patches, c)[keys['cell_M']], method='project')
   raise ConfigError(f'plgcl.embedding: unknown {p.embedding!r}; known: {EMBEDDINGS}')
+
+
+def check_config(p) -> None:
+  """One-line ConfigErrors for `plgcl` settings the loss module would reject less clearly."""
+  if p.assign not in plgcl_loss.ASSIGNS:
+    raise ConfigError(f'plgcl.assign: unknown {p.assign!r}; known: {plgcl_loss.ASSIGNS}')
+  if p.embedding == 'regions' and p.assign == 'per_class':
+    # A pooled region is one vector per cell: the keys of different classes at one cell would
+    # be the same embedding, contrasted with itself.
+    raise ConfigError("plgcl.embedding=regions cannot tell classes apart at one cell: use "
+                      "plgcl.assign=dominant or foreground with it, or embedding=patches")
+  if p.assign == 'per_class' and int(p.patches_per_class) < 1:
+    raise ConfigError(f'plgcl.patches_per_class must be >= 1, got {p.patches_per_class}')
 
 
 @register('plgcl', needs_unlabeled=True)
@@ -74,16 +86,19 @@ def plgcl(out, config):
   p = config.plgcl
   if not config.model.projection_dim:
     raise ConfigError('plgcl needs a projection head: set model.projection_dim (e.g. 128)')
+  check_config(p)
   images = jnp.concatenate([out.labeled['image'], out.unlabeled['image_strong']], axis=0)
   conf = confidence_maps(out, config)
   stats = plgcl_loss.patch_statistics(images, conf, p.patch, p.assign, p.min_conf)
-  emb = patch_embeddings(out, images, stats, config)
-  anchor_mask = stats['label_BP'] > 0 if p.foreground_anchors else None
-  loss, aux = plgcl_loss.plgcl_from_patches(
-      images, conf, emb, patch=p.patch, stats=stats, rng=out.rng,
-      num_anchors=p.num_anchors or None, anchor_mask_BP=anchor_mask, num_pos=p.num_pos,
-      tau=p.tau, lam=p.lam, zeta=p.zeta, sampler=p.sampler, entropy_scope=p.entropy_scope,
-      assign=p.assign, min_conf=p.min_conf)
+  key_rng, anchor_rng = jax.random.split(out.rng)
+  keys = plgcl_loss.make_keys(stats, p.assign, key_rng, p.patches_per_class)
+  emb = key_embeddings(out, images, keys, config)
+  key_emb = jax.lax.stop_gradient(emb) if p.detach_keys else None
+  anchor_mask = keys['class_M'] > 0 if p.foreground_anchors else None
+  loss, aux = plgcl_loss.plgcl_from_keys(
+      keys, emb, config.num_classes, key_emb_MD=key_emb, rng=anchor_rng,
+      num_anchors=p.num_anchors or None, anchor_mask_M=anchor_mask, num_pos=p.num_pos,
+      tau=p.tau, lam=p.lam, zeta=p.zeta, sampler=p.sampler, entropy_scope=p.entropy_scope)
   weight = jnp.where(out.step >= p.warmup_steps, p.weight, 0.0)
   return weight * loss, {'plgcl': loss, 'plgcl_weight': weight,
                          'plgcl_anchors': aux['num_valid_anchors']}
