@@ -368,7 +368,7 @@ def _batch(seed=0, b=2, size=8, k=3, d=6, patch=2):
   # numpy, not jax.random: eager threefry compiles for seconds on a busy CPU.
   rng = np.random.default_rng(seed)
   image = rng.random((b, size, size), np.float32)
-  conf = np.asarray(jax.nn.softmax(3 * rng.normal(size=(b, size, size, k)), -1), np.float32)
+  conf = np.array(jax.nn.softmax(3 * rng.normal(size=(b, size, size, k)), -1), np.float32)
   emb = rng.normal(size=(b, (size // patch)**2, d)).astype(np.float32)
   return image, conf, emb / np.linalg.norm(emb, axis=-1, keepdims=True)
 
@@ -401,3 +401,169 @@ class FromPatchesTest(chex.TestCase):
     assert 0 < int(aux['num_valid_anchors']) <= 8
     loss, aux = fn(image, conf, emb, rng=rng, anchor_mask_BP=jnp.zeros(emb.shape[:2], bool))
     assert float(loss) == 0.0 and int(aux['num_valid_anchors']) == 0
+
+
+# ------------------------------------------------------------------------------------------------
+# Per-class keys (§3.1: the patches P^k_{i,j} of every attended image I^k)
+
+
+def _embed(patch_MS, seed=0, d=6):
+  """A fixed embedding of each key's attended patch (stands in for the encoder): permuting keys
+  permutes their embeddings, and keys of two classes at one cell differ."""
+  w = np.random.default_rng(seed).normal(size=(patch_MS.shape[-1], d)).astype(np.float32)
+  e = patch_MS @ w + 1e-3
+  return e / jnp.linalg.norm(e, axis=-1, keepdims=True)
+
+
+def _per_class_loss(image, conf, rng, ppc, patch=2, num_pos=3, **kw):
+  stats = plgcl.patch_statistics(image, conf, patch, 'per_class', 0.1)
+  keys = plgcl.per_class_keys(stats, rng, ppc)
+  loss, aux = plgcl.plgcl_from_keys(keys, _embed(keys['patch_MS']), conf.shape[-1],
+                                    num_pos=num_pos, **kw)
+  return loss, aux, keys
+
+
+_per_class_loss_jit = jax.jit(_per_class_loss, static_argnames=('ppc', 'patch', 'num_pos'))
+
+
+def _hand_case():
+  """One 4x4 image, four 2x2 cells, K = 3 (one-hot labels, read row-major within a cell):
+  cell 0 all class 0; cell 1 half 0, half 1; cell 2 all 2; cell 3 one pixel of 1, three of 2."""
+  cells = [[0, 0, 0, 0], [0, 1, 0, 1], [2, 2, 2, 2], [1, 2, 2, 2]]
+  label = _grid_image(cells, patch=2, grid=2).astype(np.int32)
+  image = _grid_image([[.2, .4, .6, .8], [.1, .3, .5, .7], [.9, .8, .7, .6], [.3, .5, .2, .4]],
+                      patch=2, grid=2)
+  return image, np.asarray(jax.nn.one_hot(label, 3)), label
+
+
+class PerClassKeysTest(chex.TestCase):
+
+  def test_hand_computed_keys_and_attended_patches(self):
+    image, conf, label = _hand_case()
+    stats = plgcl.patch_statistics(image, conf, 2, 'per_class', 0.1)
+    assert 'label_BP' not in stats
+    keys = plgcl.per_class_keys(stats, None, 3)  # no rng: the first valid cells in grid order
+    # Class-major, 3 slots per class; class 0 at cells 0 and 1, class 1 at 1 and 3, class 2 at
+    # 2 and 3; the third slot of each class is invalid.
+    np.testing.assert_array_equal(keys['class_M'], [0, 0, 0, 1, 1, 1, 2, 2, 2])
+    np.testing.assert_array_equal(keys['valid_M'], [1, 1, 0] * 3)
+    np.testing.assert_array_equal(keys['cell_M'][keys['valid_M']], [0, 1, 1, 3, 2, 3])
+    # Key (cell 1, class 1) sees I * C^1: the class-1 pixels of cell 1 (.3 and .7), the rest 0.
+    np.testing.assert_allclose(keys['patch_MS'][3], [0, .3, 0, .7], rtol=1e-6)
+    np.testing.assert_allclose(keys['patch_MS'][1], [.1, 0, .5, 0], rtol=1e-6)  # (1, class 0)
+    np.testing.assert_allclose(keys['ent_MK'][4], stats['ent_BPK'][0, 3], rtol=1e-6)
+    np.testing.assert_array_equal(plgcl.key_class_counts(keys, 3), [2, 2, 2])
+    # One slot per class: the first valid cell of each.
+    one = plgcl.per_class_keys(stats, None, 1)
+    np.testing.assert_array_equal(one['cell_M'], [0, 1, 2])
+
+  @chex.variants(with_jit=True, without_jit=True)
+  def test_hand_case_loss_matches_brute_force(self):
+    image, conf, _ = _hand_case()
+    loss, aux, keys = self.variant(functools.partial(_per_class_loss, ppc=3, num_pos=1))(
+        image, conf, None)
+    # Every valid key is an anchor; its one positive is the other key of its class.
+    valid = np.flatnonzero(keys['valid_M'])
+    emb = np.asarray(_embed(keys['patch_MS']))[valid]
+    cls = np.asarray(keys['class_M'])[valid]
+    pos = np.array([[j for j in range(len(valid)) if cls[j] == cls[a] and j != a][:1]
+                    for a in range(len(valid))])
+    p = dict(f=emb, x=emb, anchor_class=cls, cls=cls, pos_idx=pos,
+             pos_valid=np.ones(pos.shape, bool))
+    np.testing.assert_allclose(loss, _reference_loss(p, 3, plgcl.TAU, plgcl.LAM, 'count'),
+                               rtol=2e-4)
+    assert int(aux['num_valid_anchors']) == 6
+
+  def test_balanced_draw_of_valid_cells(self):
+    image, conf, _ = _batch(seed=4, b=3, size=16, k=4)
+    conf[..., 3] = 0.0  # class 3 absent
+    conf = conf / conf.sum(-1, keepdims=True)
+    stats = plgcl.patch_statistics(image, conf, 2, 'per_class', 0.3)
+    present = np.asarray(stats['present_BPK']).reshape(-1, 4)
+    ppc = 40
+    keys = jax.jit(plgcl.per_class_keys, static_argnums=2)(stats, jax.random.PRNGKey(1), ppc)
+    cls, cell, valid = (np.asarray(keys[n]) for n in ('class_M', 'cell_M', 'valid_M'))
+    for k in range(4):
+      mine = valid & (cls == k)
+      assert mine.sum() == min(present[:, k].sum(), ppc), k  # as many as there are, up to ppc
+      assert len(set(cell[mine].tolist())) == mine.sum()  # distinct cells
+      assert present[cell[mine], k].all()  # every drawn cell holds the class
+    assert present[:, :3].sum(0).min() > ppc > 0  # the draw was a real subset for classes 0-2
+    # Another rng draws other cells of the same count.
+    other = plgcl.per_class_keys(stats, jax.random.PRNGKey(2), ppc)
+    assert set(np.asarray(other['cell_M'])[valid].tolist()) != set(cell[valid].tolist())
+
+  def test_invalid_keys_are_never_anchors_positives_or_negatives(self):
+    image, conf, _ = _batch(seed=5, b=2, size=8, k=3)
+    stats = plgcl.patch_statistics(image, conf, 2, 'per_class', 0.3)
+    keys = plgcl.per_class_keys(stats, None, 24)  # 32 cells: some classes leave slots invalid
+    valid = np.asarray(keys['valid_M'])
+    assert 0 < valid.sum() < len(valid)
+    pos = plgcl.sample_positives(keys, jnp.arange(len(valid)), 3)
+    assert valid[np.asarray(pos['pos_idx_AN'])[np.asarray(pos['pos_valid_AN'])]].all()
+    emb = np.asarray(_embed(keys['patch_MS']))
+    fn = jax.jit(jax.value_and_grad(lambda e: plgcl.plgcl_from_keys(keys, e, 3, num_pos=3)[0]))
+    value, grad = fn(emb)
+    # Replacing the invalid keys' embeddings changes nothing, and they receive no gradient.
+    junk = emb.copy()
+    junk[~valid] = np.random.default_rng(0).normal(size=junk[~valid].shape)
+    value_junk, _ = fn(junk)
+    np.testing.assert_allclose(value_junk, value, rtol=1e-6)
+    np.testing.assert_array_equal(np.asarray(grad)[~valid], 0.0)
+    assert np.abs(np.asarray(grad)[valid]).sum() > 0
+
+  def test_absent_classes_give_finite_loss_and_gradients(self):
+    image, conf, _ = _batch(seed=6, b=2, size=8, k=4)
+    conf[..., 2:] = 0.0  # only classes 0 and 1 anywhere
+    conf = conf / conf.sum(-1, keepdims=True)
+
+    def loss_fn(image):
+      stats = plgcl.patch_statistics(image, conf, 2, 'per_class', 0.1)
+      keys = plgcl.per_class_keys(stats, None, 8)
+      return plgcl.plgcl_from_keys(keys, _embed(keys['patch_MS']), 4, num_pos=3)
+    (value, aux), grad = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))(image)
+    chex.assert_tree_all_finite((value, grad))
+    assert value > 0 and int(aux['num_valid_anchors']) == 16
+    np.testing.assert_array_equal(aux['class_count_K'], [8, 8, 0, 0])
+    # One class only: no negatives for anyone, loss 0 with a finite gradient.
+    conf1 = np.zeros_like(conf)
+    conf1[..., 0] = 1.0
+    value, grad = jax.jit(jax.value_and_grad(
+        lambda i: _per_class_loss(i, conf1, None, ppc=8)[0]))(image)
+    chex.assert_tree_all_finite(grad)
+
+  def test_invariant_to_image_order_when_every_valid_key_is_drawn(self):
+    image, conf, _ = _batch(seed=7, b=2, size=8, k=3)
+    # 32 cells: 32 slots per class draw every valid key, whatever the order of the images.
+    loss, aux, _ = _per_class_loss_jit(image, conf, jax.random.PRNGKey(0), ppc=32)
+    swapped, _, _ = _per_class_loss_jit(image[::-1], conf[::-1], jax.random.PRNGKey(3), ppc=32)
+    assert int(aux['num_valid_anchors']) > 0
+    np.testing.assert_allclose(swapped, loss, rtol=1e-5)
+
+  def test_detached_keys_same_value_gradient_through_anchors_only(self):
+    image, conf, _ = _batch(seed=8, b=2, size=8, k=3)
+    stats = plgcl.patch_statistics(image, conf, 2, 'per_class', 0.1)
+    keys = plgcl.per_class_keys(stats, None, 8)
+    emb = np.asarray(_embed(keys['patch_MS']))
+
+    def loss(e, detach):
+      key_emb = jax.lax.stop_gradient(e) if detach else None
+      return plgcl.plgcl_from_keys(keys, e, 3, key_emb_MD=key_emb, num_pos=3)[0]
+    grad_fn = jax.jit(jax.value_and_grad(loss), static_argnums=1)
+    (v_full, g_full), (v_det, g_det) = grad_fn(emb, False), grad_fn(emb, True)
+    np.testing.assert_allclose(v_det, v_full, rtol=1e-6)
+    chex.assert_tree_all_finite(g_det)
+    assert np.abs(g_det).sum() > 0 and not np.allclose(g_det, g_full, atol=1e-6)
+
+  def test_grid_keys_reproduce_the_grid_path(self):
+    image, conf, emb = _batch(seed=9)
+    loss, _ = jax.jit(functools.partial(plgcl.plgcl_from_patches, patch=2, num_pos=4,
+                                        assign='foreground'))(image, conf, emb)
+    stats = plgcl.patch_statistics(image, conf, 2, 'foreground')
+    keys = plgcl.make_keys(stats, 'foreground')
+    via_keys, _ = plgcl.plgcl_from_keys(keys, emb.reshape(-1, emb.shape[-1]), 3, num_pos=4)
+    np.testing.assert_allclose(via_keys, loss, rtol=1e-5)
+    with pytest.raises(ValueError, match='grid keys'):
+      plgcl.grid_keys(plgcl.patch_statistics(image, conf, 2, 'per_class'))
+    with pytest.raises(ValueError, match='assign'):
+      plgcl.plgcl_from_patches(image, conf, emb, patch=2, assign='per_class')

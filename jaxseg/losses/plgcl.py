@@ -97,6 +97,7 @@ def patch_statistics(image_BHW: jax.Array, conf_BHWK: jax.Array, patch: int,
   attended patches I * C^k, flattened), present_BPK (Avg^k > min_conf: the cell holds class k) and,
   for the grid assignments, label_BP (the cell's one class).
   """
+  image_BHW, conf_BHWK = jnp.asarray(image_BHW), jnp.asarray(conf_BHWK)
   if image_BHW.ndim == 4:
     image_BHW = image_BHW[..., 0]
   attended_BHWK = image_BHW[..., None] * conf_BHWK  # I^k = I (.) C^k
