@@ -161,7 +161,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.global_contrast = ml_collections.ConfigDict(dict(weight=1.0, tau=0.5))
   c.local_contrast = ml_collections.ConfigDict(dict(
       name='local_contrast', weight=1.0, tau=0.1,
-      form='supcon',  # 'supcon' (Hu et al.'s code) or 'hu' (eq. 2 as printed)
+      form='supcon',  # 'supcon' (Hu et al.'s code) or 'hu' (eq. 2, one term per positive)
       mode='stride',  # 'stride', 'block', 'sampled', 'tiled' (exact) or 'dense' (tiny only)
       stride=4, block=16, num_per_class=64, tile=1024,
       # Blocks contrasted at a time (0: all at once). Hu's code contrasts each block position

@@ -15,6 +15,12 @@ FORMS = ('supcon', 'hu')
 
 
 def _reference(emb, labels, anchors, tau, form):
+  total, count = _reference_sums(emb, labels, anchors, tau, form)
+  return total / max(count, 1)
+
+
+def _reference_sums(emb, labels, anchors, tau, form):
+  """(sum of the per-anchor losses, number of valid anchors), numpy loops."""
   s = emb @ emb.T / tau
   total, count = 0.0, 0
   for i in range(len(labels)):
@@ -22,6 +28,8 @@ def _reference(emb, labels, anchors, tau, form):
     if not anchors[i] or not pos:
       continue
     neg = [j for j in range(len(labels)) if labels[j] != labels[i]]
+    if form == 'hu' and not neg:
+      continue  # every term would be log(e^s / e^s) = 0: not a contrast
     terms = []
     for p in pos:
       if form == 'supcon':
@@ -31,7 +39,7 @@ def _reference(emb, labels, anchors, tau, form):
       terms.append(-np.log(np.exp(s[i, p]) / den))
     total += np.mean(terms)
     count += 1
-  return total / max(count, 1)
+  return total, count
 
 
 def _unit(rng, *shape):
@@ -240,9 +248,9 @@ class StrideBlockSampleTest(chex.TestCase):
           sl = (slice(by * block, (by + 1) * block), slice(bx * block, (bx + 1) * block))
           e = np.concatenate([emb[b][sl].reshape(-1, emb.shape[-1]) for b in images])
           lab = np.concatenate([labels[b][sl].reshape(-1) for b in images])
-          if not any((lab == c).sum() > 1 for c in set(lab[lab > 0])):
-            continue  # no anchor with a positive: block left out
-          losses.append(_reference(e.astype(np.float64), lab, lab > 0, tau, form))
+          total, count = _reference_sums(e.astype(np.float64), lab, lab > 0, tau, form)
+          if count:  # a block without a valid anchor is left out
+            losses.append(total / count)
     return np.mean(losses)
 
   def test_block_equals_dense_within_blocks(self):
@@ -353,3 +361,72 @@ class LCLPLTest(chex.TestCase):
         chex.assert_trees_all_equal(grad, jnp.zeros_like(grad))
       else:
         assert value > 0.0
+
+
+class HuNoNegativeTest(chex.TestCase):
+  """The hu form leaves out anchors with positives but no negative (their term is 0), in every
+  mode; supcon keeps them (its term is >= log|P| there). Within one contrast set such anchors
+  exist only when the set holds one class, so a set's mean is 0 either way: the exclusion shows
+  in the number of valid anchors and in block mode's mean over blocks."""
+
+  # Block 0 (pixels 0-3): classes 1 and 2, two of each. Block 1 (pixels 4-7): class 1 only.
+  # With separated classes at tau = 0.5 (s_ip = 2, s_in = 0), each anchor of block 0 has one
+  # positive and two negatives: hu = log(1 + 2 e^-2). Block 1's anchors have no negative.
+  LABELS = np.array([1, 1, 2, 2, 1, 1, 1, 1])
+  WANT_HU = np.log(1 + 2 * np.exp(-2.0))
+
+  def _emb(self):
+    return _separated(self.LABELS)
+
+  @chex.variants(with_jit=True, without_jit=True)
+  def test_dense_and_tiled(self):
+    # One class everywhere: no anchor has a negative, so hu has no valid anchor.
+    one = jnp.ones(6, jnp.int32)
+    emb = _separated(one)
+    _, count_hu = pixel_contrast._dense_sums(emb, one, one > 0, 0.5, 'hu')  # noqa: SLF001
+    _, count_supcon = pixel_contrast._dense_sums(emb, one, one > 0, 0.5, 'supcon')  # noqa: SLF001
+    assert int(count_hu) == 0 and int(count_supcon) == 6
+    for fn in (pixel_infonce_dense,
+               lambda *a, **k: pixel_infonce_tiled(*a, block_size=4, **k)):
+      f = self.variant(jax.value_and_grad(lambda e, fn=fn: fn(e, one, one > 0, 0.5, 'hu')))
+      value, grad = f(emb)
+      assert value == 0.0
+      chex.assert_trees_all_equal(grad, jnp.zeros_like(grad))
+      supcon = self.variant(lambda e, fn=fn: fn(e, one, one > 0, 0.5, 'supcon'))(emb)
+      np.testing.assert_allclose(supcon, np.log(5.0), rtol=1e-5)  # log|P|: kept, not 0
+    # Mixed batch: a class-1 anchor of block 1 does have negatives (class 2 in block 0), so
+    # over the whole set every anchor counts; drop class 2 from the keys and none does.
+    labels = jnp.asarray(self.LABELS)
+    keep = jnp.asarray(self.LABELS != 2)
+    for fn in (pixel_infonce_dense,
+               lambda *a, **k: pixel_infonce_tiled(*a, block_size=3, **k)):
+      got = self.variant(lambda e, fn=fn: fn(e, labels, labels > 0, 0.5, 'hu',
+                                             key_mask_N=keep))(self._emb())
+      assert got == 0.0
+
+  def test_block_mean_leaves_out_one_class_blocks(self):
+    # One image of 2 rows x 4 columns, blocks of 2x2.
+    labels = jnp.asarray(self.LABELS.reshape(2, 2, 2).transpose(1, 0, 2).reshape(1, 2, 4))
+    emb = _separated(labels)
+    # Columns 0-1 hold pixels 0-3 (classes 1 and 2), columns 2-3 pixels 4-7 (class 1 only).
+    np.testing.assert_array_equal(labels[0, :, :2].ravel(), [1, 1, 2, 2])
+    np.testing.assert_array_equal(labels[0, :, 2:], 1)
+    got = jax.jit(pixel_contrast.block_contrast, static_argnames=('block', 'form'))(
+        emb, labels, block=2, tau=0.5, form='hu')
+    # Before the fix the one-class block entered the mean as 0: WANT_HU / 2.
+    np.testing.assert_allclose(got, self.WANT_HU, rtol=1e-5)
+
+  def test_stride_and_sampled_selections(self):
+    labels = jnp.asarray(self.LABELS)
+    emb = self._emb()
+    # Sampled: 2 per class of K = 3; class 2's slots dropped from the keys leave class 1 alone.
+    index, valid = pixel_contrast.sample_per_class(jax.random.key(0), labels, 2, 3)
+    valid = valid & (labels[index] != 2)
+    got = pixel_infonce_dense(emb[index], labels[index], valid & (labels[index] > 0), 0.5, 'hu',
+                              key_mask_N=valid)
+    assert got == 0.0
+    # Stride 2 over a 2 x 4 image of block 1's class only: every kept pixel is class 1.
+    emb_ND, labels_N = pixel_contrast.stride_select(
+        jnp.broadcast_to(emb[4:][None, None], (1, 2, 4, emb.shape[-1])),
+        jnp.ones((1, 2, 4), jnp.int32), 1)
+    assert pixel_infonce_tiled(emb_ND, labels_N, labels_N > 0, 0.5, 'hu', block_size=4) == 0.0

@@ -1,6 +1,8 @@
 """PLGCL (eqs. 1-5): patch statistics and sampling against hand-computed values; the closed form
-against Monte-Carlo (Jensen bound, InfoNCE upper bound), plain InfoNCE and a brute-force reference;
-invariances, absent classes, no valid anchor."""
+against Monte-Carlo with Gaussian keys (it equals the Jensen bound at lam = 1 and lies above the
+expected InfoNCE there), plain InfoNCE and a brute-force reference, and a finite key set on which
+it lies below eq. 4 (it is no bound there); invariances, absent classes, no valid anchor;
+per-class keys (§3.1)."""
 
 import functools
 
@@ -204,7 +206,9 @@ class ClosedFormTest(chex.TestCase):
               num_samples=100_000)
     np.testing.assert_allclose(est['jensen_bound'], got, atol=5e-3)
 
-  def test_upper_bounds_expected_sampled_infonce(self):
+  def test_above_expected_infonce_for_gaussian_keys(self):
+    # What holds: in expectation over Gaussian keys, eq. 5 (at lam = 1, and so at lam >= 1) is
+    # above E[eq. 4] (Jensen). On one finite set of keys it need not be: see the next test.
     f, mu, cov = _gaussian_problem(seed=3)
     counts, tau, n = (0, 2, 3), 0.7, 100_000
     rng = np.random.default_rng(2)
@@ -216,12 +220,42 @@ class ClosedFormTest(chex.TestCase):
         jnp.asarray(neg, jnp.float32), np.ones((n, 1), bool), np.ones((n, 5), bool), tau)
     bound = _closed_form(f, mu, cov, (1,) + counts[1:], tau)
     assert expected_infonce < bound - 1e-3, (expected_infonce, bound)
-    # Larger lam only loosens the bound.
+    # Larger lam only raises the closed form (the covariance term is >= 0).
     assert _closed_form(f, mu, cov, (1,) + counts[1:], tau, lam=4.0) > bound
     est = _mc(jax.random.PRNGKey(1), f, mu[0], cov[0], mu, cov, counts=counts, tau=tau,
               num_samples=n)
     np.testing.assert_allclose(est['infonce'], expected_infonce, atol=1e-2)
     assert est['infonce'] < est['jensen_bound']
+
+  def test_below_sampled_infonce_on_finite_keys_with_an_outlier(self):
+    # Eq. 5 with sample moments is not an upper bound of eq. 4 on a finite set of unit keys:
+    # the Gaussian term log N + f.mu/tau + lam/(2 tau^2) f'Sigma f underestimates
+    # log sum e^{f.x/tau} when one negative sits far above the rest (a skewed, non-Gaussian
+    # set). Anchor e1; one positive at cosine 0.5; 40 negatives, 39 at cosine 0 and one at 1.
+    tau, lam = 0.2, 4.0
+    f = np.array([[1.0, 0.0, 0.0]], np.float32)
+    positive = np.array([[0.5, np.sqrt(0.75), 0.0]], np.float32)
+    negatives = np.array([[0.0, 0.0, 1.0]] * 39 + [[1.0, 0.0, 0.0]], np.float32)
+    keys = np.concatenate([positive, negatives])
+    eq5, _ = jax.jit(functools.partial(plgcl.plgcl_loss, num_classes=2, tau=tau, lam=lam))(
+        f, keys, np.zeros(1, np.int32), np.array([0] + [1] * 40, np.int32),
+        np.zeros((1, 1), np.int32), np.ones((1, 1), bool), None)
+    eq4 = plgcl.sampled_infonce(f, positive[None], negatives[None], np.ones((1, 1), bool),
+                                np.ones((1, 40), bool), tau)
+    # By hand: eq. 4 = log(e^2.5 + 39 + e^5) - 2.5; eq. 5 with mean 1/40, variance 39/1600:
+    # log(e^2.5 + 40 e^{0.125 + 50 * 39/1600}) - 2.5.
+    np.testing.assert_allclose(eq4, np.log(np.exp(2.5) + 39 + np.exp(5)) - 2.5, rtol=1e-5)
+    np.testing.assert_allclose(
+        eq5, np.log(np.exp(2.5) + 40 * np.exp(0.125 + 50 * 39 / 1600)) - 2.5, rtol=1e-5)
+    assert eq5 < eq4 - 0.1, (eq5, eq4)
+    # Without the outlier (all 40 at cosine 0) the same keys give eq. 5 above eq. 4.
+    flat = np.array([[0.0, 0.0, 1.0]] * 40, np.float32)
+    eq5_flat, _ = plgcl.plgcl_loss(f, np.concatenate([positive, flat]), np.zeros(1, np.int32),
+                                   np.array([0] + [1] * 40, np.int32), np.zeros((1, 1), np.int32),
+                                   np.ones((1, 1), bool), None, 2, tau=tau, lam=lam)
+    eq4_flat = plgcl.sampled_infonce(f, positive[None], flat[None], np.ones((1, 1), bool),
+                                     np.ones((1, 40), bool), tau)
+    assert eq5_flat >= eq4_flat - 1e-5, (eq5_flat, eq4_flat)
 
   def test_zero_covariance_one_key_per_class_is_infonce(self):
     rng = np.random.default_rng(0)

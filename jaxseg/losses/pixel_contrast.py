@@ -14,8 +14,12 @@ removes pixels altogether (padding slots): they are neither anchors, positives n
 - The papers' ways of making it tractable: `stride_select` and `block_contrast` (Hu §2.3),
   `sample_per_class` (random pixels per class), `lclpl_local_contrast` (LCLPL's public code).
 
-Anchors with no positive are masked out; a loss is a mean over valid anchors and is 0, with zero
-gradient, when there is none. Log-sum-exps subtract their maximum, so large 1/tau cannot overflow.
+Anchors with no positive are masked out, and in the 'hu' form also anchors with no negative: their
+every term is log(e^s / e^s) = 0 with zero gradient, so counting them would only pull a mean down
+(a block holding one foreground class and no background would enter a block mean as 0). The
+'supcon' form keeps them, as SupCon defines it: its denominator runs over every other pixel, so
+with positives only the term is still log-sum-exp minus mean, >= log|P(i)|, with a gradient. A
+loss is a mean over valid anchors and is 0, with zero gradient, when there is none. Log-sum-exps subtract their maximum, so large 1/tau cannot overflow.
 """
 
 from __future__ import annotations
@@ -59,6 +63,7 @@ def _dense_sums(emb_ND, labels_N, anchor_mask_N, tau, form, key_mask_N=None):
     per_pair = logits - log_denominator[:, None]
   else:
     negatives = (labels_N[:, None] != labels_N[None, :]) & keys[None, :]
+    valid &= jnp.any(negatives, axis=1)  # no negative: a 0 term, not a contrast (module doc)
     log_negatives = jax.nn.logsumexp(jnp.where(negatives, logits, -jnp.inf), axis=1)
     # log(e^s_ip + e^neg) without overflow; -inf negatives (none) give log e^s_ip.
     per_pair = logits - jnp.logaddexp(logits, log_negatives[:, None])
@@ -73,7 +78,7 @@ def pixel_infonce_dense(emb_ND: jax.Array, labels_N: jax.Array, anchor_mask_N: j
 
   form='supcon': -1/|P(i)| sum_p [s_ip - logsumexp_{j != i} s_ij] (Khosla et al.; Hu et al.'s code).
   form='hu': -1/|P(i)| sum_p log[exp(s_ip) / (exp(s_ip) + sum_{n in N(i)} exp(s_in))] (Hu eq. 2,
-  one term per positive), where s = emb emb^T / tau.
+  one term per positive), where s = emb emb^T / tau; anchors without a negative are left out.
   """
   _check_form(form)
   total, count = _dense_sums(emb_ND, labels_N, anchor_mask_N, tau, form, key_mask_N)
@@ -187,6 +192,8 @@ def _tiled_forward(emb_ND, labels_N, anchor_mask_N, key_mask_N, tau, form, block
   stats = _tiled_stats(blocks, 1.0 / tau, form)
   pos_count = stats[-1]
   valid = anchors & (pos_count > 0)
+  if form == 'hu':
+    valid &= jnp.isfinite(stats[0])  # nu = -inf: no negative, left out as in the dense form
   inv_pos = 1.0 / jnp.maximum(pos_count, 1).astype(emb_ND.dtype)
   if form == 'supcon':
     lse, pos_sum, _ = stats

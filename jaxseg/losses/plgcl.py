@@ -278,8 +278,10 @@ def closed_form_from_moments(f_AD: jax.Array, mu_pos_AD: jax.Array, quad_pos_A: 
   L = logsumexp[f.mu+/tau + lam/(2 tau^2) q+, log zeta_c + f.mu_c/tau + lam/(2 tau^2) q_c
   for valid c] - f.mu+/tau, with q = f^T Sigma f. mu_neg is (K, D) or per anchor (A, K, D);
   log_zeta broadcasts to (A, K). With lam = 1 it is the exact log E[...] of the Jensen bound for
-  Gaussian keys. Invalid entries may hold anything (NaN included): they are replaced by safe
-  values before use, so no NaN reaches the value or the gradient.
+  Gaussian keys, so in expectation over Gaussian keys it is above eq. 4. On a finite set of keys
+  with sample moments it is no bound: a negative far above the rest makes it smaller than eq. 4
+  on the same keys (tests/test_plgcl.py). Invalid entries may hold anything (NaN included): they
+  are replaced by safe values before use, so no NaN reaches the value or the gradient.
   """
   a, k = quad_neg_AK.shape
   neg_valid_AK = jnp.broadcast_to(neg_valid_AK, (a, k))
