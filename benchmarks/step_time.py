@@ -35,13 +35,15 @@ from jaxseg.models import build_model  # noqa: E402
 from jaxseg.training import schedules  # noqa: E402
 from jaxseg.training import step as step_lib  # noqa: E402
 
-# Benchmark name -> (experiment, config overrides). PLGCL is measured with both embeddings: the
-# paper's patches through the encoder, and the cheaper pooling of full-image features.
+# Benchmark name -> (experiment, config overrides). PLGCL is measured with per-class keys (the
+# default: 4 x 64 attended patches through the encoder), one key per grid cell (all B * P patches
+# through the encoder), and the cheaper pooling of full-image features (one key per cell).
 STEPS = {
     'supervised': ('acdc_supervised', []),
     'mean_teacher': ('acdc_meanteacher', []),
     'plgcl': ('acdc_plgcl', []),
-    'plgcl_regions': ('acdc_plgcl', ['plgcl.embedding=regions']),
+    'plgcl_dominant': ('acdc_plgcl', ['plgcl.assign=dominant']),
+    'plgcl_regions': ('acdc_plgcl', ['plgcl.embedding=regions', 'plgcl.assign=dominant']),
 }
 
 

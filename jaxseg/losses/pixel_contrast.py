@@ -19,7 +19,8 @@ every term is log(e^s / e^s) = 0 with zero gradient, so counting them would only
 (a block holding one foreground class and no background would enter a block mean as 0). The
 'supcon' form keeps them, as SupCon defines it: its denominator runs over every other pixel, so
 with positives only the term is still log-sum-exp minus mean, >= log|P(i)|, with a gradient. A
-loss is a mean over valid anchors and is 0, with zero gradient, when there is none. Log-sum-exps subtract their maximum, so large 1/tau cannot overflow.
+loss is a mean over valid anchors and is 0, with zero gradient, when there is none. Log-sum-exps
+subtract their maximum, so large 1/tau cannot overflow.
 """
 
 from __future__ import annotations
