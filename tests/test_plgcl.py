@@ -155,6 +155,12 @@ class SamplerTest(chex.TestCase):
     np.testing.assert_array_equal(plgcl.select_anchors(5), np.arange(5))
     with pytest.raises(ValueError):
       plgcl.select_anchors(32, 8)
+    # With eligible keys, a subset takes them first: 5 eligible of 32, 8 drawn.
+    eligible = np.zeros(32, bool)
+    eligible[[3, 9, 17, 20, 31]] = True
+    idx = jax.jit(plgcl.select_anchors, static_argnums=(0, 1))(32, 8, jax.random.PRNGKey(0),
+                                                                eligible)
+    assert {3, 9, 17, 20, 31} <= set(np.asarray(idx).tolist())
 
 
 # ------------------------------------------------------------------------------------------------
@@ -545,6 +551,10 @@ class PerClassKeysTest(chex.TestCase):
     np.testing.assert_allclose(value_junk, value, rtol=1e-6)
     np.testing.assert_array_equal(np.asarray(grad)[~valid], 0.0)
     assert np.abs(np.asarray(grad)[valid]).sum() > 0
+    # A subset of anchors is drawn among the valid keys only: all 6 count.
+    _, aux = jax.jit(lambda e, r: plgcl.plgcl_from_keys(keys, e, 3, num_pos=3, num_anchors=6,
+                                                        rng=r))(emb, jax.random.PRNGKey(0))
+    assert int(aux['num_valid_anchors']) == 6
 
   def test_absent_classes_give_finite_loss_and_gradients(self):
     image, conf, _ = _batch(seed=6, b=2, size=8, k=4)

@@ -191,13 +191,21 @@ def key_class_counts(keys: dict, num_classes: int) -> jax.Array:
 
 
 def select_anchors(num_keys: int, num_anchors: Optional[int] = None,
-                   rng: Optional[jax.Array] = None) -> jax.Array:
-  """Anchor indices into the M keys: all, or `num_anchors` distinct ones drawn with `rng`."""
+                   rng: Optional[jax.Array] = None,
+                   eligible_M: Optional[jax.Array] = None) -> jax.Array:
+  """Anchor indices into the M keys: all, or `num_anchors` distinct ones drawn with `rng`.
+
+  With `eligible_M`, the draw takes eligible keys first (top-k of uniform scores, the ineligible
+  ones below every eligible one), so a subset is not spent on invalid or masked keys; the caller
+  still masks the anchors it returns."""
   if num_anchors is None or num_anchors >= num_keys:
     return jnp.arange(num_keys)
   if rng is None:
     raise ValueError('a PRNG key is needed to draw a subset of anchors')
-  return jax.random.choice(rng, num_keys, (num_anchors,), replace=False)
+  if eligible_M is None:
+    return jax.random.choice(rng, num_keys, (num_anchors,), replace=False)
+  score_M = jnp.where(eligible_M, jax.random.uniform(rng, (num_keys,)), -1.0)
+  return jax.lax.top_k(score_M, num_anchors)[1]
 
 
 def sampling_distance(sampler: str, anchor_idx_A: jax.Array, anchor_class_A: jax.Array,
@@ -461,16 +469,16 @@ def plgcl_from_keys(keys: dict, emb_MD: jax.Array, num_classes: int, *,
 
   `emb_MD` embeds the keys (same order, e.g. their `patch_MS`); anchors are taken from it, keys
   from `key_emb_MD` (e.g. detached, or the teacher's) or from `emb_MD` itself. Anchors: every
-  valid key or `num_anchors` drawn with `rng`; `anchor_mask_M` can exclude keys from being
-  anchors. Invalid keys are never anchors, positives or negatives.
+  valid key or `num_anchors` drawn with `rng` among the valid ones; `anchor_mask_M` can exclude
+  keys from being anchors. Invalid keys are never anchors, positives or negatives.
   """
   m, _ = emb_MD.shape
   if keys['class_M'].shape != (m,):
     raise ValueError(f'{m} embeddings but {keys["class_M"].shape[0]} keys')
-  anchor_idx_A = select_anchors(m, num_anchors, rng)
+  anchor_ok_M = keys['valid_M'] if anchor_mask_M is None else keys['valid_M'] & anchor_mask_M
+  anchor_idx_A = select_anchors(m, num_anchors, rng, anchor_ok_M)
   pos = sample_positives(keys, anchor_idx_A, num_pos, sampler, entropy_scope)
   key_emb_MD = emb_MD if key_emb_MD is None else key_emb_MD
-  anchor_ok_M = keys['valid_M'] if anchor_mask_M is None else keys['valid_M'] & anchor_mask_M
   loss, aux = plgcl_loss(emb_MD[anchor_idx_A], key_emb_MD, pos['anchor_class_A'],
                          keys['class_M'], pos['pos_idx_AN'], pos['pos_valid_AN'],
                          anchor_ok_M[anchor_idx_A], num_classes, tau, lam, zeta,
