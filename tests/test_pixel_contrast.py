@@ -378,7 +378,7 @@ class HuNoNegativeTest(chex.TestCase):
   def _emb(self):
     return _separated(self.LABELS)
 
-  @chex.variants(with_jit=True, without_jit=True)
+  @chex.variants(with_jit=True)  # eager = jit for both losses is tested above
   def test_dense_and_tiled(self):
     # One class everywhere: no anchor has a negative, so hu has no valid anchor.
     one = jnp.ones(6, jnp.int32)

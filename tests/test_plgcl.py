@@ -243,11 +243,12 @@ class ClosedFormTest(chex.TestCase):
     positive = np.array([[0.5, np.sqrt(0.75), 0.0]], np.float32)
     negatives = np.array([[0.0, 0.0, 1.0]] * 39 + [[1.0, 0.0, 0.0]], np.float32)
     keys = np.concatenate([positive, negatives])
-    eq5, _ = jax.jit(functools.partial(plgcl.plgcl_loss, num_classes=2, tau=tau, lam=lam))(
+    eq5_fn = jax.jit(lambda keys: plgcl.plgcl_loss(
         f, keys, np.zeros(1, np.int32), np.array([0] + [1] * 40, np.int32),
-        np.zeros((1, 1), np.int32), np.ones((1, 1), bool), None)
-    eq4 = plgcl.sampled_infonce(f, positive[None], negatives[None], np.ones((1, 1), bool),
-                                np.ones((1, 40), bool), tau)
+        np.zeros((1, 1), np.int32), np.ones((1, 1), bool), None, 2, tau=tau, lam=lam)[0])
+    eq4_fn = jax.jit(lambda negatives: plgcl.sampled_infonce(
+        f, positive[None], negatives[None], np.ones((1, 1), bool), np.ones((1, 40), bool), tau))
+    eq5, eq4 = eq5_fn(keys), eq4_fn(negatives)
     # By hand: eq. 4 = log(e^2.5 + 39 + e^5) - 2.5; eq. 5 with mean 1/40, variance 39/1600:
     # log(e^2.5 + 40 e^{0.125 + 50 * 39/1600}) - 2.5.
     np.testing.assert_allclose(eq4, np.log(np.exp(2.5) + 39 + np.exp(5)) - 2.5, rtol=1e-5)
@@ -256,11 +257,7 @@ class ClosedFormTest(chex.TestCase):
     assert eq5 < eq4 - 0.1, (eq5, eq4)
     # Without the outlier (all 40 at cosine 0) the same keys give eq. 5 above eq. 4.
     flat = np.array([[0.0, 0.0, 1.0]] * 40, np.float32)
-    eq5_flat, _ = plgcl.plgcl_loss(f, np.concatenate([positive, flat]), np.zeros(1, np.int32),
-                                   np.array([0] + [1] * 40, np.int32), np.zeros((1, 1), np.int32),
-                                   np.ones((1, 1), bool), None, 2, tau=tau, lam=lam)
-    eq4_flat = plgcl.sampled_infonce(f, positive[None], flat[None], np.ones((1, 1), bool),
-                                     np.ones((1, 40), bool), tau)
+    eq5_flat, eq4_flat = eq5_fn(np.concatenate([positive, flat])), eq4_fn(flat)
     assert eq5_flat >= eq4_flat - 1e-5, (eq5_flat, eq4_flat)
 
   def test_zero_covariance_one_key_per_class_is_infonce(self):
@@ -603,9 +600,10 @@ class PerClassKeysTest(chex.TestCase):
     image, conf, emb = _batch(seed=9)
     loss, _ = jax.jit(functools.partial(plgcl.plgcl_from_patches, patch=2, num_pos=4,
                                         assign='foreground'))(image, conf, emb)
-    stats = plgcl.patch_statistics(image, conf, 2, 'foreground')
-    keys = plgcl.make_keys(stats, 'foreground')
-    via_keys, _ = plgcl.plgcl_from_keys(keys, emb.reshape(-1, emb.shape[-1]), 3, num_pos=4)
+    def via_keys_fn(image, conf, emb):
+      keys = plgcl.make_keys(plgcl.patch_statistics(image, conf, 2, 'foreground'), 'foreground')
+      return plgcl.plgcl_from_keys(keys, emb.reshape(-1, emb.shape[-1]), 3, num_pos=4)[0]
+    via_keys = jax.jit(via_keys_fn)(image, conf, emb)
     np.testing.assert_allclose(via_keys, loss, rtol=1e-5)
     with pytest.raises(ValueError, match='grid keys'):
       plgcl.grid_keys(plgcl.patch_statistics(image, conf, 2, 'per_class'))
