@@ -276,6 +276,7 @@ def test_plgcl_switches_on_after_warmup_without_recompiling(embedding, assign):
     state, metrics = jitted(state, labeled, unlabeled)
     weights.append(float(metrics['plgcl_weight']))
     losses.append(float(metrics['plgcl']))
+    assert 0.0 < float(metrics['plgcl_background_keys']) < 1.0
   np.testing.assert_allclose(weights, [0, 0, 0.2, 0.2], rtol=1e-6)
   assert np.all(np.isfinite(losses)) and min(losses) > 0
   assert jitted._cache_size() == 1

@@ -100,5 +100,10 @@ def plgcl(out, config):
       num_anchors=p.num_anchors or None, anchor_mask_M=anchor_mask, num_pos=p.num_pos,
       tau=p.tau, lam=p.lam, zeta=p.zeta, sampler=p.sampler, entropy_scope=p.entropy_scope)
   weight = jnp.where(out.step >= p.warmup_steps, p.weight, 0.0)
+  # The share of background keys shows the class balance of each assignment in the run's log
+  # (BUILD_NOTES.md: 98% with one key per cell on ACDC labels).
+  counts = aux['class_count_K']
+  bg_fraction = counts[0] / jnp.maximum(jnp.sum(counts), 1)
   return weight * loss, {'plgcl': loss, 'plgcl_weight': weight,
-                         'plgcl_anchors': aux['num_valid_anchors']}
+                         'plgcl_anchors': aux['num_valid_anchors'],
+                         'plgcl_background_keys': bg_fraction}
