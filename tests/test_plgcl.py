@@ -609,3 +609,28 @@ class PerClassKeysTest(chex.TestCase):
       plgcl.grid_keys(plgcl.patch_statistics(image, conf, 2, 'per_class'))
     with pytest.raises(ValueError, match='assign'):
       plgcl.plgcl_from_patches(image, conf, emb, patch=2, assign='per_class')
+
+
+def _balance_script():
+  import importlib.util  # noqa: PLC0415
+  import os  # noqa: PLC0415
+  path = os.path.join(os.path.dirname(__file__), '..', 'benchmarks', 'plgcl_balance.py')
+  spec = importlib.util.spec_from_file_location('plgcl_balance', path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def test_anchor_balance_on_real_acdc_labels(acdc_dir):
+  # The figure: 'dominant' makes 8,496 of the 8,704 patches of the 136 labeled slices
+  # (7 patients, 256x256, 32-pixel patches) background; per-class keys give each class its own.
+  balance = _balance_script()
+  images, labels = balance.read_labeled_slices(acdc_dir, 7, 256, 4)
+  assert len(labels) == 136
+  counts = {assign: balance.anchor_counts(images, labels, num_classes=4, patch=32, batch=8,
+                                          assign=assign, min_conf=0.1, patches_per_class=64)
+            for assign in ('dominant', 'per_class')}
+  np.testing.assert_array_equal(counts['dominant'].sum(0), [8496, 76, 31, 101])
+  per_class = counts['per_class'].sum(0)
+  assert np.all(counts['per_class'] <= 64)
+  assert per_class[0] / per_class.sum() < 0.55 and np.all(per_class[1:] / per_class.sum() > 0.1)
