@@ -54,9 +54,14 @@ def _flat(d: dict, prefix: str = '') -> dict:
   return out
 
 
+def flat_config(config) -> dict:
+  """The config as flat `key.sub: value` pairs."""
+  return _flat(config.to_dict())
+
+
 def signature(config) -> dict:
   """The config as flat `key: value` pairs, without the keys that make repeats differ."""
-  flat = _flat(config.to_dict())
+  flat = flat_config(config)
   return {k: v for k, v in flat.items()
           if not any(k == i or k.startswith(i + '.') for i in _IGNORED_KEYS)}
 

@@ -22,6 +22,8 @@ import sys
 import time
 
 from jaxseg import compare
+from jaxseg import config as config_lib
+from jaxseg import run as run_lib
 from jaxseg.errors import ConfigError, JaxsegError
 
 
@@ -121,6 +123,36 @@ def run_command(run: Run, args) -> list[str]:
   return cmd
 
 
+# Settings a run may change between sittings without being another run.
+_FREE_KEYS = ('data.dir', 'data.read_threads', 'mesh.', 'log_every', 'report', 'checkpoint.')
+
+
+def _settings(config) -> dict:
+  return {k: v for k, v in compare.flat_config(config).items()
+          if not any(k == f or (f.endswith('.') and k.startswith(f)) for f in _FREE_KEYS)}
+
+
+def check_settings(runs: list[Run], args) -> None:
+  """Refuses to skip or resume a run made with other settings than this command asks for (a
+  changed budget, profile or override would otherwise mix two protocols in one table)."""
+  conflicts = []
+  for run in runs:
+    if run.status() == 'new':
+      continue
+    requested, _ = run_lib.resolve_config(run_lib.parse_args(run_command(run, args)[3:]))
+    saved = config_lib.read_run_config(run.workdir, resolve_stages=False)
+    want, have = _settings(requested), _settings(saved)
+    differ = sorted(k for k in set(want) | set(have) if want.get(k) != have.get(k))
+    if differ:
+      shown = ', '.join(f'{k} {have.get(k)!r} -> {want.get(k)!r}' for k in differ[:3])
+      more = f' and {len(differ) - 3} more' if len(differ) > 3 else ''
+      conflicts.append(f'{run.workdir} ({shown}{more})')
+  if conflicts:
+    raise ConfigError(f'{len(conflicts)} run(s) in {args.workdir} were made with other settings '
+                      f'than this command: {"; ".join(conflicts)}; use another --workdir or the '
+                      'same options (nothing was changed)')
+
+
 def _duration(seconds: float) -> str:
   minutes, secs = divmod(int(round(seconds)), 60)
   return f'{minutes // 60}:{minutes % 60:02d}:{secs:02d}'
@@ -207,6 +239,7 @@ def main(argv=None) -> int:
       if not os.path.isdir(args.data_dir):
         raise ConfigError(f'{args.data_dir}: --data-dir does not exist')
     runs = plan(methods, seeds, args.workdir)
+    check_settings(runs, args)
     os.makedirs(args.workdir, exist_ok=True)
     with open(os.path.join(args.workdir, 'reproduce.json'), 'w') as f:
       json.dump({'argv': sys.argv[1:] if argv is None else list(argv),

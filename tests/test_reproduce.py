@@ -129,6 +129,23 @@ def test_table_is_mean_and_std_over_seeds_of_each_runs_volume_mean(tmp_path):
   assert 'supervised' in csv_text and 'meanteacher' in csv_text
 
 
+def test_refuses_to_reuse_runs_made_with_other_settings(tmp_path, capsys):
+  runs = reproduce.plan(reproduce.select_methods('acdc', 'supervised'), [0, 1], str(tmp_path))
+  for run in runs:
+    _fake_run(pathlib.Path(run.workdir), 'acdc_supervised', run.seed, [0.5])
+  args = _args(workdir=str(tmp_path), data_dir='', labeled_num=None, profile=None)
+  reproduce.check_settings(runs, args)  # the phantom's cpu profile, as the runs were made
+  with pytest.raises(reproduce.ConfigError, match=r'2 run\(s\).*steps 1000 -> 30'):
+    reproduce.check_settings(runs, _args(workdir=str(tmp_path), data_dir='', labeled_num=None,
+                                         profile=None, steps=30))
+  stamps = {p: p.stat().st_mtime_ns for p in tmp_path.rglob('*.json')}
+  argv = ['--suite', 'acdc', '--methods', 'supervised', '--seeds', '0,1', '--workdir',
+          str(tmp_path), '--set', 'optimizer.lr=0.02']
+  assert reproduce.main(argv) == 2
+  assert 'optimizer.lr 0.01 -> 0.02' in capsys.readouterr().err
+  assert {p: p.stat().st_mtime_ns for p in tmp_path.rglob('*.json')} == stamps
+
+
 # --- a real reproduction, killed and resumed ------------------------------------------------
 
 TINY = ['--set', 'data.image_size=32', '--set', 'model.channels=(4,8,16)',
