@@ -61,14 +61,20 @@ def acdc_hu(mode: str, profile: str):
 
   Hu et al.'s epochs as steps: global 70 epochs of 1,312 slices at batch 48 (2,000 steps),
   local 70 epochs of 136 slices at batch 4 (2,400), fine-tuning 120 epochs at batch 12 (1,400).
+  'quick': the shared reduced budget (config.quick_profile), the stages in these proportions.
   """
   if profile == 'cpu':
     config = hu_config(mode, global_steps=150, local_steps=150, finetune_steps=700,
                        global_batch=8, local_batch=4, finetune_batch=4)
     config_lib.cpu_profile(config, steps=700)
     return config
-  return hu_config(mode, global_steps=2_000, local_steps=2_400, finetune_steps=1_400,
-                   global_batch=48, local_batch=4, finetune_batch=12)
+  config = hu_config(mode, global_steps=2_000, local_steps=2_400, finetune_steps=1_400,
+                     global_batch=48, local_batch=4, finetune_batch=12)
+  if profile == 'quick':
+    config_lib.quick_profile(config)
+    # Pixel sizes follow the image (256 -> 128): the same number of sampled pixels and blocks.
+    config.local_contrast.update(stride=2, block=8)
+  return config
 
 
 def _cpu(mode: str):

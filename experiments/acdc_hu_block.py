@@ -7,11 +7,16 @@ slices, supervised local contrast on the 136 labeled slices, fine-tuning with CE
 report Dice on Hippocampus/MMWHS only (Table 1: global+local(block) 0.824/0.849/0.866 on Hippocampus at 5/10/20%, 0.382/0.553/0.764 on MMWHS at 10/20/40%); on ACDC
 the comparison is with acdc_supervised at the same budget (BUILD_NOTES.md). Without --data-dir:
 the synthetic phantom, 150 + 150 + 700 steps.
+Quick profile (`--profile quick`, real data): the budget every 2D ACDC method shares
+(jaxseg.config.quick_profile: 800 steps at 128x128, 6 + 6 images per step, validation every 100
+steps); the three stages keep their proportions (276 + 331 + 193 steps), blocks and strides
+follow the image size (8-pixel blocks, stride 2).
 """
 
 from jaxseg import config as config_lib
 
 _hu = config_lib.experiment_module('_hu')
+PROFILES = ('paper', 'quick', 'cpu')
 
 
 def get_config(profile: str = 'paper'):

@@ -53,7 +53,7 @@ def get_config(profile: str = 'paper'):
 def cpu_profile_3d(config, steps: int = 100):
   """The protocol at the 3D phantom's scale: every step-counted schedule shrinks by steps/STEPS
   (the dualstream ramps follow `config.steps` by themselves)."""
-  scale = steps / config.steps
+  config_lib.scale_schedules(config, steps / config.steps, ema=False)
   config.steps = steps
   config.data.dir = ''
   config.class_names = ('target',)
@@ -61,10 +61,6 @@ def cpu_profile_3d(config, steps: int = 100):
   config.data.crop_shape = (32, 32, 32)
   config.data.read_threads = 2
   config.model.base_filters = 4  # 8 costs 18 GFLOP a step, 4 costs 5
-  config.optimizer.decay_every = max(1, round(config.optimizer.decay_every * scale))
-  config.mean_teacher.rampup_length = int(config.mean_teacher.rampup_length * scale)
-  config.mean_teacher.rampup_interval = max(1, int(config.mean_teacher.rampup_interval * scale))
-  config.mean_teacher.start_step = int(config.mean_teacher.start_step * scale)
   config.eval.update(window=(32, 32, 32), stride=(16, 16, 16), batch_size=8, every=25)
   config.checkpoint.every = 50
   return config

@@ -54,9 +54,14 @@ def _flat(d: dict, prefix: str = '') -> dict:
   return out
 
 
+def flat_config(config) -> dict:
+  """The config as flat `key.sub: value` pairs."""
+  return _flat(config.to_dict())
+
+
 def signature(config) -> dict:
   """The config as flat `key: value` pairs, without the keys that make repeats differ."""
-  flat = _flat(config.to_dict())
+  flat = flat_config(config)
   return {k: v for k, v in flat.items()
           if not any(k == i or k.startswith(i + '.') for i in _IGNORED_KEYS)}
 
@@ -131,14 +136,18 @@ def _method_names(groups: list[list[RunResult]]) -> list[str]:
   return names
 
 
-def table_rows(runs: list[RunResult]) -> tuple[list[dict], list[str]]:
-  """One dict per configuration with every number; and the shared class names (or [])."""
+def table_rows(runs: list[RunResult], label=None) -> tuple[list[dict], list[str]]:
+  """One dict per configuration with every number; and the shared class names (or []).
+
+  `label(run)` names a row (default: the experiment and the settings that tell rows apart).
+  """
   class_names = list(runs[0].config.class_names)
   if any(list(r.config.class_names) != class_names for r in runs):
     class_names = []
   groups = group_runs(runs)
+  names = [label(g[0]) for g in groups] if label else _method_names(groups)
   rows = []
-  for name, group in zip(_method_names(groups), groups):
+  for name, group in zip(names, groups):
     row = {'method': name, 'labeled': _labeled(group[0].config), 'seeds': len(group),
            'split': group[0].split, 'units': group[0].config.eval.units,
            'steps': group[0].steps,

@@ -221,10 +221,19 @@ def experiment_module(name: str):
   return module
 
 
+# Profiles every experiment has; an experiment offering more lists them in its `PROFILES`.
+DEFAULT_PROFILES = ('paper', 'cpu')
+
+
 def load_experiment(name: str, profile: str) -> ml_collections.ConfigDict:
   """Imports `experiments/<name>.py` and returns its `get_config(profile)`."""
   path = find_experiment(name)
-  config = experiment_module(str(path)).get_config(profile)
+  module = experiment_module(str(path))
+  profiles = getattr(module, 'PROFILES', DEFAULT_PROFILES)
+  if profile not in profiles:
+    raise ConfigError(f'experiment {path.stem} has no {profile!r} profile '
+                      f'(it has: {", ".join(profiles)})')
+  config = module.get_config(profile)
   config.experiment = path.stem
   return config
 
@@ -382,7 +391,7 @@ def cpu_profile(config: ml_collections.ConfigDict, steps: int = 1000) -> ml_coll
   step-counted schedule (ramp-up, consistency start) shrinks with the step budget by the same
   factor, so the run has the paper's shape at a smaller scale.
   """
-  scale = steps / config.steps
+  scale_schedules(config, steps / config.steps, ema=False)
   config.steps = steps
   config.data.dir = ''
   config.data.labeled_num = 4  # of 40 phantom volumes: 10%, as ACDC's 7 of 70 patients
@@ -392,10 +401,67 @@ def cpu_profile(config: ml_collections.ConfigDict, steps: int = 1000) -> ml_coll
   config.data.unlabeled_batch = 4
   config.data.read_threads = 2
   config.data.image_order = 1  # bilinear: at 96 px nearest-neighbour resizing is too coarse
-  config.mean_teacher.rampup_length = int(config.mean_teacher.rampup_length * scale)
-  config.mean_teacher.rampup_interval = max(1, int(config.mean_teacher.rampup_interval * scale))
-  config.mean_teacher.start_step = int(config.mean_teacher.start_step * scale)
   config.eval.every = 250
   config.eval.patch_size = 96
   config.checkpoint.every = 250
+  return config
+
+
+# The reduced real-data protocol (`--profile quick`), one budget for every 2D ACDC method so that
+# their ranking can be measured on a CPU (BUILD_NOTES.md, "A quick real-data protocol").
+QUICK_STEPS = 800
+QUICK_IMAGE_SIZE = 128
+QUICK_BATCH = 6  # labeled and unlabeled images per step, each
+QUICK_EVAL_EVERY = 100
+# An EMA teacher averages over ~1/(1-alpha) steps; scaled down with the budget it would become
+# the student itself, so its horizon is kept at least this long.
+MIN_EMA_HORIZON = 20
+
+
+def scale_schedules(config: ml_collections.ConfigDict, scale: float, *,
+                    ema: bool = True) -> None:
+  """The one rule that shrinks a protocol to a smaller step budget: every schedule counted in
+  steps (consistency ramp and start, PLGCL's warm-up, step-decay interval, dual-stream ramp, and
+  with `ema` the EMA teacher's horizon 1/(1-alpha), at least MIN_EMA_HORIZON) is multiplied by
+  `scale`, so a method passes through the same phases at the same fractions of its training.
+  Stage lengths are scaled by `set_total_steps`."""
+  mt = config.mean_teacher
+  mt.rampup_length = int(mt.rampup_length * scale)
+  mt.rampup_interval = max(1, int(mt.rampup_interval * scale))
+  mt.start_step = int(mt.start_step * scale)
+  config.plgcl.warmup_steps = int(config.plgcl.warmup_steps * scale)
+  config.optimizer.decay_every = max(1, round(config.optimizer.decay_every * scale))
+  config.dualstream.rampup_length = int(config.dualstream.rampup_length * scale)
+  config.dualstream.rampup_interval = max(1, int(config.dualstream.rampup_interval * scale))
+  if ema:
+    horizon = max(MIN_EMA_HORIZON, scale / (1.0 - config.ema.decay))
+    config.ema.decay = 1.0 - 1.0 / horizon
+
+
+def quick_profile(config: ml_collections.ConfigDict, steps: int = QUICK_STEPS,
+                  image_size: int = QUICK_IMAGE_SIZE,
+                  batch: int = QUICK_BATCH) -> ml_collections.ConfigDict:
+  """The paper protocol of a 2D ACDC experiment on real data, reduced to one shared budget.
+
+  Every method gets the same image size, batches (`batch` labeled + `batch` unlabeled images per
+  step, in every stage of a staged run; a fully supervised experiment reads its 2 x `batch`
+  labeled ones), step budget and validation cadence; its optimizer, losses and weights stay the
+  paper's, and its schedules shrink by `scale_schedules` with scale = budget / paper budget.
+  Sizes in pixels that belong to a method (patch and block sizes) are the experiment's to scale.
+  """
+  scale_schedules(config, steps / total_steps(config))
+  set_total_steps(config, steps)
+  config.data.image_size = image_size
+  config.eval.patch_size = image_size
+  config.data.labeled_batch = batch
+  config.data.unlabeled_batch = batch
+  config.eval.every = QUICK_EVAL_EVERY
+  config.checkpoint.every = QUICK_EVAL_EVERY
+  for stage in config.stages.values():
+    data = stage.get('data', {})
+    for key in ('labeled_batch', 'unlabeled_batch'):
+      if key in data:
+        data[key] = batch
+    if stage.get('eval', {}).get('every'):
+      stage.eval.every = QUICK_EVAL_EVERY
   return config

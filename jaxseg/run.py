@@ -22,6 +22,10 @@ def parse_args(argv):
                       help=f'experiments/NAME.py or a path; known: {", ".join(config_lib.list_experiments())}')
   parser.add_argument('--data-dir', default='', help='dataset folder; default: synthetic phantom')
   parser.add_argument('--labeled-num', type=int, help='labeled patients (ACDC) or volumes')
+  parser.add_argument('--profile', choices=PROFILES,
+                      help='paper: the published protocol (default with --data-dir); quick: the '
+                           'reduced real-data protocol shared by the 2D ACDC methods; cpu: the '
+                           'synthetic phantom (default without --data-dir)')
   parser.add_argument('--steps', type=int, help='training steps')
   parser.add_argument('--workdir', help='run directory (default: runs/EXPERIMENT-TIMESTAMP)')
   parser.add_argument('--resume', action='store_true', help='continue the run in --workdir')
@@ -34,8 +38,23 @@ def parse_args(argv):
   return parser.parse_args(argv)
 
 
+PROFILES = ('paper', 'quick', 'cpu')
+
+
+def resolve_profile(args) -> str:
+  """'paper' on real data and 'cpu' on the phantom unless asked; the real-data profiles need data
+  and the phantom profile refuses it (it would silently train on the phantom)."""
+  profile = args.profile or ('paper' if args.data_dir else 'cpu')
+  if profile != 'cpu' and not args.data_dir:
+    raise ConfigError(f'--profile {profile} is a real-data protocol: give --data-dir')
+  if profile == 'cpu' and args.data_dir:
+    raise ConfigError('--profile cpu trains on the synthetic phantom: drop --data-dir, or use '
+                      '--profile paper or quick')
+  return profile
+
+
 def resolve_config(args):
-  profile = 'paper' if args.data_dir else 'cpu'
+  profile = resolve_profile(args)
   config = config_lib.load_experiment(args.experiment, profile)
   config_lib.apply_overrides(config, args.set)
   with config.unlocked():

@@ -81,3 +81,38 @@ def _tiny_3d(config, smoke, **data):
     config.report = False
     config.mean_teacher.update(start_step=0, rampup_length=4, rampup_interval=1)
   return config
+
+
+def write_ssl4mis_tree(root, splits: dict, size=(24, 20), depth: int = 3):
+  """A tiny ACDC folder in the SSL4MIS layout: for each split in `splits` ({'train': patients,
+  'val': ..., 'test': ...}) `<split>.list` (`train_slices.list` for train), `data/<vol>.h5` with
+  two frames per patient and, for train, `data/slices/<vol>_slice_<z>.h5`. Images are uniform
+  noise in [0, 1]; labels are nested discs of classes 1..3."""
+  import h5py  # noqa: PLC0415
+  import numpy as np  # noqa: PLC0415
+  h, w = size
+  r = np.hypot(*np.mgrid[:h, :w] - np.array([h / 2, w / 2])[:, None, None])
+  label = np.repeat(np.select([r < 5, r < 7, r < 8], [3, 2, 1], 0).astype(np.uint8)[None], depth, 0)
+  (root / 'data' / 'slices').mkdir(parents=True)
+  seed = 0
+  for split, patients in splits.items():
+    names = []
+    for patient in patients:
+      for frame in (1, 2):
+        volume = f'{patient}_frame{frame:02d}'
+        image = np.random.default_rng(seed).random((depth, h, w)).astype(np.float32)
+        seed += 1
+        with h5py.File(root / 'data' / f'{volume}.h5', 'w') as f:
+          f.create_dataset('image', data=image)
+          f.create_dataset('label', data=label)
+        if split != 'train':
+          names.append(volume)
+          continue
+        for z in range(depth):
+          with h5py.File(root / 'data' / 'slices' / f'{volume}_slice_{z}.h5', 'w') as f:
+            f.create_dataset('image', data=image[z])
+            f.create_dataset('label', data=label[z])
+          names.append(f'{volume}_slice_{z}')
+    list_name = 'train_slices.list' if split == 'train' else f'{split}.list'
+    (root / list_name).write_text('\n'.join(names) + '\n')
+  return root
