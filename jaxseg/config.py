@@ -324,7 +324,8 @@ def check_sizes(config: ml_collections.ConfigDict, where: str = '') -> None:
   d = config.data
   checks = [('steps', config.steps), ('log_every', config.log_every),
             ('checkpoint.every', config.checkpoint.every),
-            ('checkpoint.keep', config.checkpoint.keep), ('data.labeled_batch', d.labeled_batch), ('data.unlabeled_batch', d.unlabeled_batch),
+            ('checkpoint.keep', config.checkpoint.keep), ('data.labeled_batch', d.labeled_batch),
+            ('data.unlabeled_batch', d.unlabeled_batch),
             ('eval.batch_size', config.eval.batch_size)]
   if not d.get('crop_shape', ()):
     checks += [('data.image_size', d.image_size), ('eval.patch_size', config.eval.patch_size)]
