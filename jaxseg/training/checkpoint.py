@@ -21,6 +21,7 @@ import os
 import shutil
 import sys
 import threading
+import time
 from typing import Any
 
 import jax
@@ -62,8 +63,7 @@ class Checkpoints:
         error = rundir.storage_error(e, folder)
         if error is None:
           raise
-        with contextlib.suppress(Exception):  # let Orbax's threads end before removing files
-          manager.wait_until_finished()
+        _join_writer_threads()  # they would go on writing into the folder removed here
         for partial in glob.glob(os.path.join(folder, f'{step}.orbax-checkpoint-tmp*')):
           shutil.rmtree(partial, ignore_errors=True)
         previous = [s for s in manager.all_steps() if s != step]
@@ -121,6 +121,22 @@ class Checkpoints:
   def close(self) -> None:
     self.latest.close()
     self.best.close()
+
+
+def _join_writer_threads(timeout: float = 60.0) -> None:
+  """Waits for Orbax's writer threads. After one write fails and its error reaches the caller,
+  the others go on until their TensorStore writes end, recreating the folders they write in.
+  (Orbax's thread class is private: without it, nothing is waited for.)"""
+  try:
+    from orbax.checkpoint._src.futures import future  # noqa: PLC0415
+    thread_class = future._SignalingThread  # noqa: SLF001
+  except (ImportError, AttributeError):
+    return
+  end = time.monotonic() + timeout
+  for thread in threading.enumerate():
+    if isinstance(thread, thread_class) and thread is not threading.current_thread():
+      with contextlib.suppress(Exception):  # Orbax's join re-raises the thread's error
+        thread.join(max(0.0, end - time.monotonic()))
 
 
 class _OrbaxNoise(logging.Filter):
