@@ -63,7 +63,7 @@ class Checkpoints:
         error = rundir.storage_error(e, folder)
         if error is None:
           raise
-        _join_writer_threads()  # they would go on writing into the folder removed here
+        _join_orbax_threads()  # they would go on writing into the folder removed here
         for partial in glob.glob(os.path.join(folder, f'{step}.orbax-checkpoint-tmp*')):
           shutil.rmtree(partial, ignore_errors=True)
         previous = [s for s in manager.all_steps() if s != step]
@@ -83,6 +83,7 @@ class Checkpoints:
       try:
         return self._restore(manager, step, state_template)
       except Exception as e:  # noqa: BLE001 (Orbax and TensorStore raise many kinds for one cause)
+        _join_orbax_threads()
         usable = [f'{other} {s}' for other in ('best', 'latest')
                   for s in getattr(self, other).all_steps()
                   if (other, s) != (kind, step) and self._restores(other, s, state_template)]
@@ -123,9 +124,10 @@ class Checkpoints:
     self.best.close()
 
 
-def _join_writer_threads(timeout: float = 60.0) -> None:
-  """Waits for Orbax's writer threads. After one write fails and its error reaches the caller,
-  the others go on until their TensorStore writes end, recreating the folders they write in.
+def _join_orbax_threads(timeout: float = 60.0) -> None:
+  """Waits for Orbax's reader and writer threads. After one fails and its error reaches the
+  caller, the others go on until their TensorStore reads or writes end (a write recreating the
+  folders it writes in), failing noisily.
   (Orbax's thread class is private: without it, nothing is waited for.)"""
   try:
     from orbax.checkpoint._src.futures import future  # noqa: PLC0415
@@ -139,13 +141,19 @@ def _join_writer_threads(timeout: float = 60.0) -> None:
         thread.join(max(0.0, end - time.monotonic()))
 
 
+# Orbax logs through absl; asyncio reports the futures of a failed save that nobody awaited.
+NOISY_LOGGERS = ('absl', 'asyncio')
+
+
 class _OrbaxNoise(logging.Filter):
-  """Holds back the ERROR records of Orbax's threads and the 'Event loop is closed' errors its
-  TensorStore callbacks raise once a failed save has closed their loop."""
+  """Holds back the ERROR records of Orbax's threads, and the exceptions its asyncio tasks and
+  TensorStore callbacks leave unraisable (`Event loop is closed`, a read error in a coroutine
+  nobody awaits any more) once one part of a save or restore has failed."""
 
   def __init__(self):
     super().__init__()
     self.records = []
+    self.unraisables = []
     self.previous_hook = sys.unraisablehook
 
   def filter(self, record):
@@ -154,21 +162,22 @@ class _OrbaxNoise(logging.Filter):
       return False
     return True
 
-  def unraisable(self, info):
-    if not (isinstance(info.exc_value, RuntimeError) and 'Event loop is closed' in str(
-        info.exc_value)):
-      self.previous_hook(info)
-
   def install(self):
-    logging.getLogger('absl').addFilter(self)
-    sys.unraisablehook = self.unraisable
+    for name in NOISY_LOGGERS:
+      logging.getLogger(name).addFilter(self)
+    sys.unraisablehook = self.unraisables.append
 
   def remove(self, hand_on: bool):
-    logging.getLogger('absl').removeFilter(self)
-    sys.unraisablehook = self.previous_hook
-    for record in self.records if hand_on else ():
-      logging.getLogger(record.name).handle(record)
-    self.records = []
+    for name in NOISY_LOGGERS:
+      logging.getLogger(name).removeFilter(self)
+    if sys.unraisablehook == self.unraisables.append:
+      sys.unraisablehook = self.previous_hook
+    if hand_on:
+      for record in self.records:
+        logging.getLogger(record.name).handle(record)
+      for info in self.unraisables:
+        self.previous_hook(info)
+    self.records, self.unraisables = [], []
 
 
 @contextlib.contextmanager
