@@ -51,11 +51,12 @@ def _env(private_cache: pathlib.Path | None = None) -> dict[str, str]:
               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0.2')
 
 
-def _start(workdir, *extra, script=None, **kwargs) -> subprocess.Popen:
+def _start(workdir, *extra, script=None, env=None) -> subprocess.Popen:
+  """`python -m jaxseg.run` (or `script`, given the same arguments) on the smoke run, RUN."""
   argv = ['--experiment', 'smoke', '--workdir', str(workdir), *map(str, RUN), *map(str, extra)]
   command = ([sys.executable, '-c', script] if script else [sys.executable, '-m', 'jaxseg.run'])
-  return subprocess.Popen(command + argv, cwd=REPO, env=kwargs.pop('env', _env()),
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
+  return subprocess.Popen(command + argv, cwd=REPO, env=env or _env(), stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True)
 
 
 def _wait_for(path: pathlib.Path, process: subprocess.Popen, timeout: float = 300) -> None:
@@ -240,21 +241,26 @@ def test_bad_sizes_refused_before_the_run_directory_exists(tmp_path, item, words
 # --- 6. full disk and read-only folders -------------------------------------------------------
 
 
-def _limit_file_size():
-  signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG
-  import resource  # noqa: PLC0415
-  resource.setrlimit(resource.RLIMIT_FSIZE, (40_000, 40_000))  # below a checkpoint file
+# A file size limit below a checkpoint file (40 kB), set by the process on itself before JAX starts
+# threads; a write past it fails with EFBIG instead of raising SIGXFSZ.
+LIMITED_FILE_SIZE = textwrap.dedent('''
+    import resource, runpy, signal
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (40_000, 40_000))
+    runpy.run_module('jaxseg.run', run_name='__main__')
+''')
 
 
 def test_a_real_write_failure_in_a_checkpoint_is_one_line(tmp_path):
   """A file size limit makes TensorStore's writes fail as a full disk does (no root needed)."""
   workdir = tmp_path / 'run'
-  process = _start(workdir, env=_env(private_cache=tmp_path / 'xla-cache'),
-                   preexec_fn=_limit_file_size)
+  process = _start(workdir, script=LIMITED_FILE_SIZE,
+                   env=_env(private_cache=tmp_path / 'xla-cache'))
   _, err = process.communicate(timeout=300)
   _error_line(process.returncode, err, workdir / 'checkpoints', 'cannot write',
               'file size limit', 'checkpoint 3 not saved')
-  assert not any(noise in err for noise in ('Traceback', 'ERROR:', 'Exception ignored')), err[-3000:]
+  noise = ('Traceback', 'ERROR:', 'Exception ignored')
+  assert not any(word in err for word in noise), err[-3000:]
   # It failed before any checkpoint existed: nothing half-written is left, nor the run.
   assert not workdir.exists()
 
