@@ -65,8 +65,15 @@ def train_folds(config, workdir: str, folds: int, *, resume: bool, progress: boo
   layout = datasets.detect_layout(config.data.dir)
   if layout not in ('la', 'pancreas'):
     raise ConfigError(f'--folds: K-fold splits exist for the LA and pancreas layouts, not {layout}')
-  rundir.check(workdir, resume)
+  if resume and rundir.is_empty(workdir):
+    raise ConfigError(f'{workdir}: nothing to resume (no run directory there)')
+  # The lock (and, for a new run, an empty folder); folds made before config.json was kept here
+  # resume with the command line's config.
   if resume:
+    rundir.check_lock(workdir)
+  else:
+    rundir.check(workdir, resume=False)
+  if resume and os.path.isfile(os.path.join(workdir, 'config.json')):
     data_dir = config.data.dir
     config = config_lib.read_run_config(workdir, resolve_stages=False)
     with config.unlocked():

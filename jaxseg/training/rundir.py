@@ -157,10 +157,15 @@ def is_empty(workdir: str) -> bool:
 def check(workdir: str, resume: bool) -> None:
   """Refuses to overwrite a run, to resume something that is not one, or to enter a directory
   another process holds."""
+  check_lock(workdir)
+  check_contents(workdir, resume)
+
+
+def check_lock(workdir: str) -> None:
+  """Refuses a directory another process holds."""
   pid = holder(workdir)
   if pid is not None:
     raise _in_use(workdir, pid)
-  check_contents(workdir, resume)
 
 
 def check_contents(workdir: str, resume: bool) -> None:
