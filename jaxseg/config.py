@@ -327,6 +327,39 @@ def set_total_steps(config: ml_collections.ConfigDict, steps: int) -> None:
     config.stages[name].steps = n
 
 
+def check_sizes(config: ml_collections.ConfigDict, where: str = '') -> None:
+  """Refuses batch sizes, step counts and image sizes a run cannot train with, before any work.
+
+  The 2D U-Net halves its input once per level after the first; at a size it cannot halve
+  evenly the decoder would resize its upsampled maps to the skip connections' sizes, silently
+  dropping a row or column per odd level. Such sizes are refused and the nearest good ones named.
+  """
+  d = config.data
+  checks = [('steps', config.steps), ('log_every', config.log_every),
+            ('checkpoint.every', config.checkpoint.every),
+            ('checkpoint.keep', config.checkpoint.keep), ('data.labeled_batch', d.labeled_batch),
+            ('data.unlabeled_batch', d.unlabeled_batch),
+            ('eval.batch_size', config.eval.batch_size)]
+  if not d.get('crop_shape', ()):
+    checks += [('data.image_size', d.image_size), ('eval.patch_size', config.eval.patch_size)]
+  else:
+    checks += [(f'data.crop_shape[{i}]', n) for i, n in enumerate(d.crop_shape)]
+  for key, value in checks:
+    if not isinstance(value, int) or value < 1:
+      raise ConfigError(f'{where}{key}={value!r}: must be a positive whole number')
+  if config.eval.every < 0:
+    raise ConfigError(f'{where}eval.every={config.eval.every}: must be 0 (no validation) or more')
+  if config.model.name == 'unet' and not d.get('crop_shape', ()):
+    factor = 2 ** (len(config.model.channels) - 1)
+    for key, size in (('data.image_size', d.image_size),
+                      ('eval.patch_size', config.eval.patch_size)):
+      if size % factor:
+        low, high = size // factor * factor, (size // factor + 1) * factor
+        good = ' or '.join(str(n) for n in (low, high) if n > 0)
+        raise ConfigError(f'{where}{key}={size}: the U-Net ({len(config.model.channels)} levels) '
+                          f'needs a multiple of {factor}; use {good}')
+
+
 def to_json(config: ml_collections.ConfigDict) -> str:
   return json.dumps(config.to_dict(), indent=2, sort_keys=True, default=list)
 

@@ -14,4 +14,13 @@ class ConfigError(JaxsegError):
 
 
 class TrainingDiverged(JaxsegError):
-  """A loss became NaN or Inf; training stopped and the last good checkpoint was kept."""
+  """A loss became NaN or Inf; training stopped, the logs, config and last checkpoint are kept."""
+
+
+class StorageError(JaxsegError):
+  """A folder cannot be written (full disk, read-only file system, no permission) or a saved file
+  cannot be read back (a corrupt checkpoint); the message names the folder or file."""
+
+
+class RunInUse(JaxsegError):
+  """Another process holds the run directory (see jaxseg/training/rundir.py)."""

@@ -43,7 +43,7 @@ def main(argv=None) -> int:
       raise DataError(f'{config.data.dir or "synthetic"}: no {args.split} split in this dataset')
     model = build_model(config)
     template = step_lib.abstract_state(model, schedules.optimizer(config), config)
-    ckpts = checkpoint.Checkpoints(args.workdir, create=False)
+    ckpts = checkpoint.Checkpoints.of_finished_run(args.workdir)
     state, _, meta = ckpts.restore(args.checkpoint, template)
     volumes = data.splits[args.split]
     per_volume, summary = loop.evaluate_split(loop.make_logits_fn(model)(state), volumes, config,

@@ -128,15 +128,13 @@ def _checkpoint_kind_and_step(ckpts, checkpoint: str, workdir: str) -> tuple[str
 def load_run(workdir: str, checkpoint: str = 'best') -> LoadedRun:
   """Restores a run's model from `checkpoint`: 'best', 'last' or a step number."""
   config = config_lib.read_run_config(workdir)
-  if not os.path.isdir(os.path.join(workdir, 'checkpoints')):
-    raise DataError(f'{os.path.join(workdir, "checkpoints")}: missing; the run saved no checkpoint')
   # Imports JAX: after the cheap checks.
   from jaxseg.models import build_model  # noqa: PLC0415
   from jaxseg.training import checkpoint as checkpoint_lib  # noqa: PLC0415
   from jaxseg.training import loop, schedules, step as step_lib  # noqa: PLC0415
   model = build_model(config)
   template = step_lib.abstract_state(model, schedules.optimizer(config), config)
-  ckpts = checkpoint_lib.Checkpoints(workdir, create=False)
+  ckpts = checkpoint_lib.Checkpoints.of_finished_run(workdir)
   try:
     kind, step = _checkpoint_kind_and_step(ckpts, checkpoint, workdir)
     state, _, meta = ckpts.restore(kind, template, step)

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
+import shutil
 import sys
 
 from jaxseg import config as config_lib
 from jaxseg.errors import ConfigError, JaxsegError
+from jaxseg.training import rundir
 
 
 def parse_args(argv):
@@ -62,53 +63,73 @@ def resolve_config(args):
       config.data.dir = os.path.abspath(args.data_dir)
     if args.labeled_num is not None:
       config.data.labeled_num = args.labeled_num
-    if args.steps is not None:
+    if args.steps is not None and not args.resume:  # a resume reads the run's own steps
       config_lib.set_total_steps(config, args.steps)
   return config, profile
 
 
-def train_folds(config, workdir: str, folds: int, *, resume: bool, progress: bool) -> dict:
-  """Trains fold i of K in `workdir/fold_i` (finished folds are skipped on --resume) and writes
-  the mean and standard deviation over folds of each fold's mean validation Dice."""
+def train_folds(config, workdir: str, folds: int, *, resume: bool, progress: bool,
+                steps: int | None = None) -> dict:
+  """Trains fold i of K in `workdir/fold_i` and writes the mean and standard deviation over folds
+  of each fold's mean validation Dice.
+
+  One process holds `workdir` while it trains. `workdir/config.json` keeps the folds' common
+  config, which a resume reads (as a single run's); each fold is a run directory of its own,
+  resumed like any run: a finished fold is left as it is, unless `steps` (--steps given with
+  --resume) extends every fold.
+  """
   import numpy as np  # noqa: PLC0415
   from jaxseg.data import datasets  # noqa: PLC0415
   from jaxseg.training.loop import train_and_evaluate  # noqa: PLC0415
   layout = datasets.detect_layout(config.data.dir)
   if layout not in ('la', 'pancreas'):
     raise ConfigError(f'--folds: K-fold splits exist for the LA and pancreas layouts, not {layout}')
-  if resume and not os.path.isdir(workdir):
+  if resume and rundir.is_empty(workdir):
     raise ConfigError(f'{workdir}: nothing to resume (no run directory there)')
-  if not resume and os.path.isdir(workdir) and os.listdir(workdir):
-    raise ConfigError(f'{workdir}: run directory already exists and is not empty; pass --resume '
-                      'to continue it or choose another --workdir (nothing was changed)')
+  # The lock (and, for a new run, an empty folder); folds made before config.json was kept here
+  # resume with the command line's config.
+  if resume:
+    rundir.check_lock(workdir)
+  else:
+    rundir.check(workdir, resume=False)
+  if resume and os.path.isfile(os.path.join(workdir, 'config.json')):
+    data_dir = config.data.dir
+    config = config_lib.read_run_config(workdir, resolve_stages=False)
+    with config.unlocked():
+      config.data.dir = data_dir
   os.makedirs(workdir, exist_ok=True)
-  dice = []
-  for fold in range(folds):
-    fold_dir = os.path.join(workdir, f'fold_{fold}')
-    done = os.path.isfile(os.path.join(fold_dir, 'results.json'))
-    if done:
-      with open(os.path.join(fold_dir, 'results.json')) as f:
-        results = json.load(f)
-    else:
+  with rundir.hold(workdir):
+    if not resume:
+      rundir.write_text(os.path.join(workdir, 'config.json'), config_lib.to_json(config))
+    dice = []
+    for fold in range(folds):
+      fold_dir = os.path.join(workdir, f'fold_{fold}')
       fold_config = config_lib.from_json(config_lib.to_json(config))
       with fold_config.unlocked():
         fold_config.data.folds, fold_config.data.fold = folds, fold
       print(f'fold {fold + 1} of {folds}: {fold_dir}', flush=True)
-      results = train_and_evaluate(fold_config, fold_dir, resume=os.path.isdir(fold_dir),
-                                   progress=progress)
-    means = results['splits']['val']['summary']['dice']['mean']
-    dice.append(float(np.nanmean(np.asarray(means, dtype=float))))
-  lines = [f'# {config.experiment}: {folds}-fold cross-validation', '',
+      # A fold stopped before it wrote its config starts again.
+      started = os.path.isfile(os.path.join(fold_dir, 'config.json'))
+      if not started and os.path.isdir(fold_dir):
+        shutil.rmtree(fold_dir)
+      results = train_and_evaluate(fold_config, fold_dir, resume=started, progress=progress,
+                                   steps=steps)
+      means = results['splits']['val']['summary']['dice']['mean']
+      dice.append(float(np.nanmean(np.asarray(means, dtype=float))))
+    return write_fold_summary(config, workdir, dice)
+
+
+def write_fold_summary(config, workdir: str, dice: list[float]) -> dict:
+  import numpy as np  # noqa: PLC0415
+  lines = [f'# {config.experiment}: {len(dice)}-fold cross-validation', '',
            '| fold | mean validation Dice (best checkpoint) |', '|---:|---:|']
   lines += [f'| {i} | {d:.4f} |' for i, d in enumerate(dice)]
   lines += ['', f'mean ± std over folds: {np.mean(dice):.4f} ± {np.std(dice):.4f}']
   text = '\n'.join(lines)
   print(text, flush=True)
-  with open(os.path.join(workdir, 'folds.md'), 'w') as f:
-    f.write(text + '\n')
+  rundir.write_text(os.path.join(workdir, 'folds.md'), text + '\n')
   summary = {'dice': dice, 'mean': float(np.mean(dice)), 'std': float(np.std(dice))}
-  with open(os.path.join(workdir, 'folds.json'), 'w') as f:
-    json.dump(summary, f, indent=2)
+  rundir.write_json(os.path.join(workdir, 'folds.json'), summary)
   return summary
 
 
@@ -120,7 +141,7 @@ def main(argv=None) -> int:
       raise JaxsegError('--resume needs --workdir (the run directory to continue)')
     workdir = args.workdir or os.path.join(
         'runs', f'{config.experiment}-{datetime.datetime.now():%Y%m%d-%H%M%S}')
-    if profile == 'cpu':
+    if profile == 'cpu' and not args.resume:
       shape = (tuple(config.data.crop_shape) if config.data.crop_shape
                else (config.data.image_size,) * 2)
       print(f'No --data-dir: running {config.experiment} on the built-in synthetic '
@@ -129,10 +150,14 @@ def main(argv=None) -> int:
             flush=True)
     print(f'run directory: {workdir}', flush=True)
     from jaxseg.training.loop import train_and_evaluate  # imports JAX: after argument checks
-    if args.folds:
-      train_folds(config, workdir, args.folds, resume=args.resume, progress=not args.no_progress)
-    else:
-      train_and_evaluate(config, workdir, resume=args.resume, progress=not args.no_progress)
+    steps = args.steps if args.resume else None
+    with rundir.storage_errors(workdir):
+      if args.folds:
+        train_folds(config, workdir, args.folds, resume=args.resume,
+                    progress=not args.no_progress, steps=steps)
+      else:
+        train_and_evaluate(config, workdir, resume=args.resume, progress=not args.no_progress,
+                           steps=steps)
   except JaxsegError as e:
     print(f'error: {e}', file=sys.stderr)
     return 2

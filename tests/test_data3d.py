@@ -288,10 +288,15 @@ def test_run_folds_trains_every_fold_and_summarizes(tmp_path, monkeypatch):
   write_la(tmp_path / 'LA', [f'CASE{i:02d}' for i in range(6)])
   trained = []
 
-  def fake_train(config, workdir, *, resume, progress):
-    del progress
+  def fake_train(config, workdir, *, resume, progress, steps):
+    del progress, steps
     trained.append((config.data.folds, config.data.fold, os.path.basename(workdir), resume))
+    if resume:  # a finished run: train_and_evaluate gives its results back untouched
+      with open(os.path.join(workdir, 'results.json')) as f:
+        return json.load(f)
     os.makedirs(workdir)
+    with open(os.path.join(workdir, 'config.json'), 'w') as f:
+      f.write(config_lib.to_json(config))
     results = {'splits': {'val': {'summary': {'dice': {'mean': [0.5 + config.data.fold / 10]}}}}}
     with open(os.path.join(workdir, 'results.json'), 'w') as f:
       json.dump(results, f)
@@ -304,9 +309,10 @@ def test_run_folds_trains_every_fold_and_summarizes(tmp_path, monkeypatch):
   np.testing.assert_allclose(summary['dice'], [0.5, 0.6, 0.7])
   np.testing.assert_allclose([summary['mean'], summary['std']], [0.6, np.std([0.5, 0.6, 0.7])])
   assert 'mean ± std over folds: 0.6000' in (tmp_path / 'cv' / 'folds.md').read_text()
-  # Finished folds are read back, not retrained; an existing directory needs --resume.
+  # A resume resumes every fold (a finished one gives its results back); an existing directory
+  # needs --resume.
   assert run.train_folds(config, str(tmp_path / 'cv'), 3, resume=True, progress=False) == summary
-  assert len(trained) == 3
+  assert trained[3:] == [(3, 0, 'fold_0', True), (3, 1, 'fold_1', True), (3, 2, 'fold_2', True)]
   with pytest.raises(ConfigError, match='already exists'):
     run.train_folds(config, str(tmp_path / 'cv'), 3, resume=False, progress=False)
   config.data.dir = ''

@@ -11,6 +11,7 @@ import pytest
 from jaxseg import config as config_lib
 from jaxseg.errors import ConfigError
 from jaxseg.training import loop, stages
+from jaxseg.training.logging import read_metrics
 from conftest import tiny_config
 
 
@@ -102,3 +103,66 @@ def test_previous_best_needs_a_validated_stage(tmp_path):
     loop.train_and_evaluate(config, str(tmp_path / 'run'), progress=False)
   # The first stage had finished: its directory is kept for a fixed-config resume.
   assert os.path.isfile(str(tmp_path / 'run' / 'stages' / '01_first' / 'results.json'))
+
+
+class _StopAfter:
+  """The train iterator of one stage; the (n+1)-th batch request stops the run as a kill would."""
+
+  def __init__(self, iterator, n):
+    self.iterator, self.n = iterator, n
+
+  def __next__(self):
+    if self.n == 0:
+      raise KeyboardInterrupt('killed')
+    self.n -= 1
+    return next(self.iterator)
+
+  def get_state(self):
+    return self.iterator.get_state()
+
+  def set_state(self, state):
+    self.iterator.set_state(state)
+
+
+def test_staged_resume_mid_stage_then_finished_untouched_then_extended(tmp_path, monkeypatch):
+  from test_cli import _snapshot  # noqa: PLC0415
+  config = two_stage_config()
+  with config.unlocked():
+    config.stages.second.steps = 3
+    config.stages.second.checkpoint = {'every': 1}
+  workdir = tmp_path / 'run'
+  make_iterator = loop.pipeline.make_train_iterator
+  built = []
+
+  def stopping(*args, **kwargs):
+    built.append(1)
+    iterator = make_iterator(*args, **kwargs)
+    return _StopAfter(iterator, 2) if len(built) == 2 else iterator  # in the second stage
+
+  with monkeypatch.context() as patch:
+    patch.setattr(loop.pipeline, 'make_train_iterator', stopping)
+    with pytest.raises(KeyboardInterrupt):
+      loop.train_and_evaluate(config, str(workdir), progress=False)
+  assert sorted(os.listdir(workdir / 'checkpoints' / 'latest')) == ['1']
+  first = workdir / 'stages' / '01_first'
+  first_before = _snapshot(first)
+
+  # The second stage continues from its checkpoint; the first is not trained again.
+  results = loop.train_and_evaluate(config, str(workdir), resume=True, progress=False)
+  assert results['steps'] == 6
+  train = [m['step'] for m in read_metrics(str(workdir)) if m['split'] == 'train']
+  assert train == [1, 2, 3, 4, 5, 6]
+  assert _snapshot(first) == first_before
+
+  # Finished: reported, nothing rewritten.
+  before = _snapshot(workdir)
+  again = loop.train_and_evaluate(config, str(workdir), resume=True, progress=False)
+  assert again['steps'] == 6 and _snapshot(workdir) == before
+
+  # --steps extends the final stage only.
+  longer = loop.train_and_evaluate(config, str(workdir), resume=True, progress=False, steps=8)
+  assert longer['stages'] == [{'name': 'first', 'start_step': 0, 'end_step': 3},
+                              {'name': 'second', 'start_step': 3, 'end_step': 8}]
+  train = [m['step'] for m in read_metrics(str(workdir)) if m['split'] == 'train']
+  assert train == list(range(1, 9))
+  assert _snapshot(first) == first_before

@@ -204,16 +204,63 @@ def _nan_from_step_4(out, config):
   return value, {}
 
 
-def test_nan_loss_stops_training_and_keeps_last_good_checkpoint(tmp_path):
+def _nan_config(**settings):
   config = tiny_config('smoke')
   with config.unlocked():
     config.losses = ('supervised', 'test_nan_from_step_4')
-    config.checkpoint.every = 2
     config.eval.every = 100
+    config.update(settings)
+  return config
+
+
+def test_nan_loss_stops_training_and_keeps_last_good_checkpoint(tmp_path):
+  # Metrics are fetched every 5 steps and before each checkpoint (every 2): the NaN of step 4 is
+  # found at step 4's fetch, before its checkpoint would be saved, and named by its own step.
+  config = _nan_config(log_every=5)
+  with config.unlocked():
+    config.checkpoint.every = 2
   workdir = str(tmp_path / 'run')
-  with pytest.raises(TrainingDiverged, match=r'loss became nan at step 4.*checkpoint \(step 2\)'):
+  with pytest.raises(TrainingDiverged, match=r'loss became nan at step 4 \(last finite loss '
+                     r'[0-9.]+ at step 3\).*latest checkpoint, step 2 \(loss [0-9.]+\), is kept: '
+                     r'its loss was finite'):
     loop.train_and_evaluate(config, workdir, progress=False)
   assert sorted(os.listdir(os.path.join(workdir, 'checkpoints', 'latest'))) == ['2']
+  # The bad step is logged (its loss as null) for diagnosis.
+  assert [(m['step'], m['loss']) for m in read_metrics(workdir)][-1] == (4, None)
+
+
+def test_nan_before_the_first_checkpoint_keeps_config_and_logs(tmp_path):
+  config = _nan_config(log_every=1)
+  with config.unlocked():
+    config.checkpoint.every = 10
+  workdir = str(tmp_path / 'run')
+  with pytest.raises(TrainingDiverged, match=r'at step 4 \(last finite loss [0-9.]+ at step 3\).*'
+                     r'no checkpoint was saved yet; the config and logs'):
+    loop.train_and_evaluate(config, workdir, progress=False)
+  assert os.path.isfile(os.path.join(workdir, 'config.json'))
+  assert [m['step'] for m in read_metrics(workdir)] == [1, 2, 3, 4]
+
+
+def test_metrics_are_fetched_every_log_every_steps_not_every_step(tmp_path, monkeypatch):
+  """The host waits on the device only at fetches: every log_every steps, and before
+  validations, checkpoints and the last step; steps in between are logged from those fetches."""
+  config = tiny_config('smoke')
+  with config.unlocked():
+    config.steps, config.log_every, config.eval.every = 7, 3, 100
+    config.checkpoint.every = 5
+  fetches = []
+  device_get = jax.device_get
+
+  def counted(tree):
+    if isinstance(tree, list):  # the loop's [(step, metrics), ...]
+      fetches.append([step for step, _ in tree])
+    return device_get(tree)
+
+  monkeypatch.setattr(jax, 'device_get', counted)
+  loop.train_and_evaluate(config, str(tmp_path / 'run'), progress=False)
+  assert fetches == [[1, 2, 3], [4, 5], [6], [7]]
+  logged = [m['step'] for m in read_metrics(str(tmp_path / 'run')) if m['split'] == 'train']
+  assert logged == [3, 6, 7]
 
 
 MULTI_DEVICE_SCRIPT = textwrap.dedent('''

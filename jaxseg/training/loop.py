@@ -26,20 +26,8 @@ from jaxseg.data import datasets, pipeline
 from jaxseg.errors import ConfigError, JaxsegError, TrainingDiverged
 from jaxseg.evaluation import inference, metrics as metrics_lib
 from jaxseg.models import build_model
-from jaxseg.training import checkpoint, objectives, schedules, step as step_lib
+from jaxseg.training import checkpoint, objectives, prefetch, rundir, schedules, step as step_lib
 from jaxseg.training.logging import MetricsWriter
-
-
-def check_workdir(workdir: str, resume: bool) -> None:
-  """Refuses to overwrite a run, or to resume something that is not one."""
-  exists = os.path.isdir(workdir) and bool(os.listdir(workdir))
-  if resume and not exists:
-    raise ConfigError(f'{workdir}: nothing to resume (no run directory there)')
-  if resume and not os.path.isfile(os.path.join(workdir, 'config.json')):
-    raise ConfigError(f'{workdir}: nothing to resume (no config.json; not a jaxseg run directory)')
-  if not resume and exists:
-    raise ConfigError(f'{workdir}: run directory already exists and is not empty; pass --resume '
-                      'to continue it or choose another --workdir (nothing was changed)')
 
 
 def make_logits_fn(model):
@@ -68,44 +56,82 @@ def _truncate_metrics(workdir: str, last_step: int) -> None:
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, resume: bool = False,
-                       progress: bool = True) -> dict[str, Any]:
-  """Trains `config` in `workdir`; returns the final results (also saved as results.json)."""
-  # Unknown loss names or stage keys fail before any work.
-  for name in config.stage_order or ('',):
-    objectives.resolve(tuple(config_lib.stage_config(config, name).losses if name
-                             else config.losses))
-  check_workdir(workdir, resume)
+                       progress: bool = True, steps: int | None = None) -> dict[str, Any]:
+  """Trains `config` in `workdir`; returns the final results (also saved as results.json).
+
+  A resume continues the run saved in `workdir` with its own config (`config` only gives
+  `data.dir`, where the data may have moved) to its own step count, or to `steps` when given
+  (`--steps`: the run is extended). A finished run is left untouched.
+  """
+  if steps is not None and not resume:
+    config_lib.set_total_steps(config, steps)
+  rundir.check(workdir, resume)
   if resume:
-    saved = config_lib.read_run_config(workdir, resolve_stages=False)
-    # A resume may train longer, and read the same data from where it has moved to.
-    saved.steps = config.steps
-    if config.data.dir:
-      saved.data.dir = config.data.dir
-    config = saved
+    config, extended = resumed_config(config, workdir, steps)
+    finished = rundir.finished_results(workdir, config_lib.total_steps(config))
+    if finished is not None and not extended:
+      print(f'{workdir}: the run finished all {finished["steps"]} steps; nothing to do (--steps N '
+            'with --resume trains it longer)', flush=True)
+      return finished
+  # Bad names and sizes fail before the run directory is touched.
+  for name in config.stage_order or ('',):
+    stage = config_lib.stage_config(config, name) if name else config
+    objectives.resolve(tuple(stage.losses))
+    config_lib.check_sizes(stage, f'stages.{name}.' if name else '')
   data = datasets.load_data(config)
   data.check(progress)  # bad data fails before the run directory is touched
   print(data.description, flush=True)
   created = not os.path.isdir(workdir)
-  os.makedirs(workdir, exist_ok=True)
-  try:
-    if config.stage_order:
-      from jaxseg.training import stages  # noqa: PLC0415 (stages imports this module)
-      results = stages.run_stages(config, data, workdir, resume, progress)
-    else:
-      with open(os.path.join(workdir, 'config.json'), 'w') as f:
-        f.write(config_lib.to_json(config))
-      results = train_stage(config, data, workdir, resume=resume, progress=progress)
-  except JaxsegError:
-    # A run that failed before its first checkpoint leaves nothing worth keeping; a directory
-    # that existed before (a resume) is never removed.
-    latest = os.path.join(workdir, 'checkpoints', 'latest')
-    finished_stages = os.path.isdir(os.path.join(workdir, 'stages'))
-    if created and not finished_stages and not (os.path.isdir(latest) and os.listdir(latest)):
-      shutil.rmtree(workdir, ignore_errors=True)
-    raise
-  if config.report:
-    write_report(workdir, progress)
+  with rundir.storage_errors(workdir):
+    os.makedirs(workdir, exist_ok=True)
+    with rundir.hold(workdir):
+      if not resume:
+        rundir.check_contents(workdir, resume=False)  # another run may have begun here since
+      try:
+        with rundir.storage_errors(workdir):
+          if not resume or extended:
+            rundir.write_text(os.path.join(workdir, 'config.json'), config_lib.to_json(config))
+          if config.stage_order:
+            from jaxseg.training import stages  # noqa: PLC0415 (stages imports this module)
+            results = stages.run_stages(config, data, workdir, resume, progress)
+          else:
+            results = train_stage(config, data, workdir, resume=resume, progress=progress)
+      except JaxsegError as e:
+        # A run that failed before its first checkpoint leaves nothing worth keeping, unless it
+        # diverged (its logs and config say why); a directory that existed before (a resume) is
+        # never removed.
+        latest = os.path.join(workdir, 'checkpoints', 'latest')
+        finished_stages = os.path.isdir(os.path.join(workdir, 'stages'))
+        if (created and not isinstance(e, TrainingDiverged) and not finished_stages
+            and not (os.path.isdir(latest) and os.listdir(latest))):
+          shutil.rmtree(workdir, ignore_errors=True)
+        raise
+      if config.report:
+        write_report(workdir, progress)
   return results
+
+
+def resumed_config(config, workdir: str, steps: int | None):
+  """(the saved run's config, whether `steps` extends it); `config` gives only `data.dir`."""
+  saved = config_lib.read_run_config(workdir, resolve_stages=False)
+  if config.data.dir:
+    with saved.unlocked():
+      saved.data.dir = config.data.dir
+  total = config_lib.total_steps(saved)
+  if steps is None or steps == total:
+    return saved, False
+  if steps < total:
+    raise ConfigError(f'--steps {steps}: shorter than the {total} steps of the run in {workdir}; '
+                      'a resume continues a run or extends it')
+  with saved.unlocked():
+    if saved.stage_order:  # the final stage trains longer; finished stages stay as they were
+      last = saved.stage_order[-1]
+      saved.stages[last].steps = config_lib.stage_config(saved, last).steps + steps - total
+    else:
+      saved.steps = steps
+  print(f'extending the run from {total} to {steps} steps (schedules that depend on the step '
+        'count follow the new length)', flush=True)
+  return saved, True
 
 
 def write_report(workdir: str, progress: bool) -> None:
@@ -128,6 +154,11 @@ def train_stage(config, data, workdir: str, *, resume: bool, progress: bool,
   run's start (`step_offset`), and start a stage from `init_variables` ({'params',
   'batch_stats'} of the stage before). `eval.every=0` trains without validation (pretraining
   stages, whose logits mean nothing yet): no best checkpoint and no final report.
+
+  The host never waits on the device between fetches: step metrics stay on the device and are
+  fetched every `log_every` steps and before every validation, checkpoint and the last step,
+  where the first non-finite loss stops the run, so no checkpoint is saved from a diverged state.
+  The next batch is sent to the device while a step runs (prefetch.py).
   """
   log_dir = log_dir or workdir
   evaluate = config.eval.every > 0
@@ -142,14 +173,23 @@ def train_stage(config, data, workdir: str, *, resume: bool, progress: bool,
   if init_variables is not None:
     state = start_from(state, init_variables, tx)
   state = step_lib.replicate(state, mesh)
-  iterator = pipeline.make_train_iterator(data, config, train_step.needs_unlabeled,
-                                         train_step.needs_labeled)
+  batches = prefetch.DevicePrefetch(
+      pipeline.make_train_iterator(data, config, train_step.needs_unlabeled,
+                                   train_step.needs_labeled),
+      lambda pair: tuple(step_lib.shard_batch(batch, mesh) for batch in pair))
   ckpts = checkpoint.Checkpoints(workdir, keep=config.checkpoint.keep)
   best = {'dice': -math.inf, 'step': 0}
+  saved = None  # (step, loss) of the latest checkpoint, for a divergence message
+  if resume and ckpts.latest_step() is None:
+    # Killed before its first checkpoint was on disk (or during that write): nothing to lose.
+    print(f'{workdir}: no checkpoint was saved before the run stopped; starting again from '
+          'step 0', flush=True)
+    resume = False
   if resume:
     state, data_state, meta = ckpts.restore('latest', state)
-    iterator.set_state(data_state)
+    batches.set_state(data_state)
     best = meta['best']
+    saved = (int(meta['step']), meta.get('loss'))
     print(f'resumed from step {int(state.step)} of {config.steps}', flush=True)
   # Forget logs written past the restored checkpoint (or past the start of a stage begun anew).
   _truncate_metrics(log_dir, step_offset + int(state.step))
@@ -157,27 +197,37 @@ def train_stage(config, data, workdir: str, *, resume: bool, progress: bool,
   logits_fn = make_logits_fn(model)
   start_step = int(state.step)
   best_val = None  # the best checkpoint's validation results, kept for the final report
+  pending = []  # (step, metrics on the device) since the last fetch
+  last_finite = None  # (step, loss)
   t0 = time.time()
 
   bar = tqdm.tqdm(total=config.steps, initial=start_step, desc=config.experiment or 'train',
                   unit='step', disable=not progress, dynamic_ncols=True)
   try:
     for step in range(start_step + 1, config.steps + 1):
-      labeled, unlabeled = next(iterator)
-      state, metrics = jitted_step(state, step_lib.shard_batch(labeled, mesh),
-                                   step_lib.shard_batch(unlabeled, mesh))
-      metrics = jax.device_get(metrics)
-      if not np.isfinite(metrics['loss']):
-        last = ckpts.latest_step()
-        raise TrainingDiverged(
-            f'{workdir}: loss became {float(metrics["loss"])} at step {step}; training stopped, '
-            f'the last good checkpoint (step {last}) is kept')
-      if step % config.log_every == 0 or step == config.steps:
-        writer.write(step_offset + step, metrics)
-      bar.set_postfix(loss=f'{float(metrics["loss"]):.4f}', best_dice=f'{max(best["dice"], 0):.4f}')
+      labeled, unlabeled = next(batches)
+      state, metrics = jitted_step(state, labeled, unlabeled)
+      pending.append((step, metrics))
+      if step < config.steps:
+        batches.prefetch()  # batch step + 1 travels to the device while this step runs
       bar.update(1)
+      validate = evaluate and (step % config.eval.every == 0 or step == config.steps)
+      save = step % config.checkpoint.every == 0 or step == config.steps
+      if not (validate or save or step % config.log_every == 0):
+        continue
 
-      if evaluate and (step % config.eval.every == 0 or step == config.steps):
+      fetched, pending = jax.device_get(pending), []
+      for done, values in fetched:
+        loss = float(values['loss'])
+        if not math.isfinite(loss):
+          writer.write(step_offset + done, values)  # the bad step, its loss as null
+          raise diverged(workdir, log_dir, done, loss, last_finite, saved)
+        last_finite = (done, loss)
+        if done % config.log_every == 0 or done == config.steps:
+          writer.write(step_offset + done, values)
+      bar.set_postfix(loss=f'{last_finite[1]:.4f}', best_dice=f'{max(best["dice"], 0):.4f}')
+
+      if validate:
         per_volume, summary = evaluate_split(logits_fn(state), data.splits['val'], config,
                                              progress)
         mean_dice = float(np.nanmean(summary['dice']['mean']))
@@ -186,9 +236,11 @@ def train_stage(config, data, workdir: str, *, resume: bool, progress: bool,
         if mean_dice > best['dice']:
           best = {'dice': mean_dice, 'step': step}
           best_val = (step, per_volume, summary)
-          ckpts.save('best', step, state, None, {'step': step, 'best': best})
-      if step % config.checkpoint.every == 0 or step == config.steps:
-        ckpts.save('latest', step, state, iterator.get_state(), {'step': step, 'best': best})
+          ckpts.save('best', step, state, None, {'step': step, 'best': best, 'loss': loss})
+      if save:
+        ckpts.save('latest', step, state, batches.get_state(),
+                   {'step': step, 'best': best, 'loss': loss})
+        saved = (step, loss)
   finally:
     bar.close()
     writer.close()
@@ -197,10 +249,26 @@ def train_stage(config, data, workdir: str, *, resume: bool, progress: bool,
   results = (final_report(model, ckpts, state, data, config, workdir, progress, best_val)
              if evaluate else {'best_step': None, 'splits': {}})
   results.update(steps=config.steps, train_wall_seconds=wall, resumed_from=start_step)
-  with open(os.path.join(workdir, 'results.json'), 'w') as f:
-    json.dump(results, f, indent=2, default=jsonable)
+  rundir.write_json(os.path.join(workdir, 'results.json'), results, default=jsonable)
   ckpts.close()
   return results
+
+
+def diverged(workdir: str, log_dir: str, step: int, loss: float, last_finite, saved
+             ) -> TrainingDiverged:
+  """What stopped, the last finite loss, and what is kept: the latest checkpoint (finite, which
+  is not the same as good) or, before the first one, the config and logs to diagnose it."""
+  before = (f'last finite loss {last_finite[1]:.4g} at step {last_finite[0]}' if last_finite
+            else 'no finite loss before it in this process')
+  if saved is None:
+    kept = (f'no checkpoint was saved yet; the config and logs ({log_dir}/metrics.jsonl) are '
+            'kept to diagnose it (lower optimizer.lr, then start in another --workdir)')
+  else:
+    at = f' (loss {saved[1]:.4g})' if saved[1] is not None else ''
+    kept = (f'the latest checkpoint, step {saved[0]}{at}, is kept: its loss was finite, which '
+            f'does not make it good; read {log_dir}/metrics.jsonl before resuming from it')
+  return TrainingDiverged(f'{workdir}: loss became {loss} at step {step} ({before}); training '
+                          f'stopped; {kept}')
 
 
 def start_from(state, variables: dict[str, Any], tx):

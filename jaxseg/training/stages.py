@@ -15,8 +15,10 @@ Layout of the run directory:
   stages.json            [{name, start_step, end_step}] in the run's step numbering
   metrics.jsonl          every stage's metrics, steps counted from the start of the run
 
-A stage is done when its results.json exists; `--resume` skips done stages, continues the
-stage it was in from its latest checkpoint, and starts the rest.
+A stage is done when its results.json exists and its latest checkpoint is at its last step;
+`--resume` skips done stages, continues the stage it was in from its latest checkpoint (or from
+its start when it had saved none), and starts the rest. `--resume --steps N` lengthens the final
+stage only, so a finished run can be extended without retraining the stages before it.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from jaxseg.data.sources import PseudoLabeledSource
 from jaxseg.errors import ConfigError, DataError
 from jaxseg.evaluation import inference
 from jaxseg.models import build_model
-from jaxseg.training import checkpoint, loop, schedules, step as step_lib
+from jaxseg.training import checkpoint, loop, rundir, schedules, step as step_lib
 
 INITS = ('previous', 'previous_best')
 
@@ -46,9 +48,6 @@ def stage_dirs(config, workdir: str) -> list[str]:
 
 
 def run_stages(config, data, workdir: str, resume: bool, progress: bool) -> dict[str, Any]:
-  if not resume:
-    with open(os.path.join(workdir, 'config.json'), 'w') as f:
-      f.write(config_lib.to_json(config))
   names = list(config.stage_order)
   configs = [config_lib.stage_config(config, name) for name in names]
   for name, stage in zip(names, configs):
@@ -60,21 +59,20 @@ def run_stages(config, data, workdir: str, resume: bool, progress: bool) -> dict
     boundaries.append({'name': stage.stage.name, 'start_step': offset,
                        'end_step': offset + stage.steps})
     offset += stage.steps
-  with open(os.path.join(workdir, 'stages.json'), 'w') as f:
-    json.dump(boundaries, f, indent=2)
+  rundir.write_json(os.path.join(workdir, 'stages.json'), boundaries)
 
   results = None
   for i, (stage, stage_dir, bounds) in enumerate(zip(configs, dirs, boundaries)):
     final = i == len(configs) - 1
-    done = os.path.isfile(os.path.join(stage_dir, 'results.json'))
+    latest = checkpoint.Checkpoints(stage_dir, create=False).latest_step()
+    done = os.path.isfile(os.path.join(stage_dir, 'results.json')) and latest == stage.steps
     if done:
       print(f'stage {i + 1}/{len(configs)} {stage.stage.name}: done, skipped', flush=True)
       continue
     os.makedirs(stage_dir, exist_ok=True)
     record = os.path.join(stage_dir, 'config.json' if not final else 'stage_config.json')
-    with open(record, 'w') as f:
-      f.write(config_lib.to_json(stage))
-    started = checkpoint.Checkpoints(stage_dir, create=False).latest_step() is not None
+    rundir.write_text(record, config_lib.to_json(stage))
+    started = latest is not None
     print(f'stage {i + 1}/{len(configs)} {stage.stage.name}: {stage.steps} steps, losses '
           f'{", ".join(stage.losses)}' + (' (resumed)' if started else ''), flush=True)
     init_variables, stage_data = None, data
@@ -103,8 +101,7 @@ def run_stages(config, data, workdir: str, resume: bool, progress: bool) -> dict
   results['stage_wall_seconds'] = walls
   results['train_wall_seconds'] = sum(walls)
   results['steps'] = boundaries[-1]['end_step']
-  with open(os.path.join(workdir, 'results.json'), 'w') as f:
-    json.dump(results, f, indent=2, default=loop.jsonable)
+  rundir.write_json(os.path.join(workdir, 'results.json'), results, default=loop.jsonable)
   return results
 
 
