@@ -139,7 +139,9 @@ def check_settings(runs: list[Run], args) -> None:
   for run in runs:
     if run.status() == 'new':
       continue
-    requested, _ = run_lib.resolve_config(run_lib.parse_args(run_command(run, args)[3:]))
+    # As a fresh start would resolve it (a resume reads the saved config instead).
+    argv = [a for a in run_command(run, args)[3:] if a != '--resume']
+    requested, _ = run_lib.resolve_config(run_lib.parse_args(argv))
     saved = config_lib.read_run_config(run.workdir, resolve_stages=False)
     want, have = _settings(requested), _settings(saved)
     differ = sorted(k for k in set(want) | set(have) if want.get(k) != have.get(k))
