@@ -26,8 +26,8 @@ from jaxseg.data import datasets, pipeline
 from jaxseg.errors import ConfigError, JaxsegError, TrainingDiverged
 from jaxseg.evaluation import inference, metrics as metrics_lib
 from jaxseg.models import build_model
-from jaxseg.training import checkpoint, objectives, schedules, step as step_lib
-from jaxseg.training.logging import MetricsWriter
+from jaxseg.training import checkpoint, distributed, objectives, schedules, step as step_lib
+from jaxseg.training.logging import MetricsWriter, NullWriter
 
 
 def check_workdir(workdir: str, resume: bool) -> None:
@@ -69,7 +69,16 @@ def _truncate_metrics(workdir: str, last_step: int) -> None:
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, resume: bool = False,
                        progress: bool = True) -> dict[str, Any]:
-  """Trains `config` in `workdir`; returns the final results (also saved as results.json)."""
+  """Trains `config` in `workdir`; returns the final results (also saved as results.json).
+
+  With several processes (`distributed.initialize`) every process calls this with the same
+  arguments; process 0 alone prints, shows progress and writes the run directory's files.
+  """
+  main = distributed.is_main()
+  progress = progress and main
+  if config.stage_order and distributed.is_multiprocess():
+    raise ConfigError(f'{config.experiment}: staged runs (stage_order) train on one process '
+                      'for now; launch it as a single process')
   # Unknown loss names or stage keys fail before any work.
   for name in config.stage_order or ('',):
     objectives.resolve(tuple(config_lib.stage_config(config, name).losses if name
@@ -85,6 +94,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, resum
   data = datasets.load_data(config)
   data.check(progress)  # bad data fails before the run directory is touched
   print(data.description, flush=True)
+  distributed.barrier('checked')  # no process creates the directory another is still checking
   created = not os.path.isdir(workdir)
   os.makedirs(workdir, exist_ok=True)
   try:
@@ -92,19 +102,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, resum
       from jaxseg.training import stages  # noqa: PLC0415 (stages imports this module)
       results = stages.run_stages(config, data, workdir, resume, progress)
     else:
-      with open(os.path.join(workdir, 'config.json'), 'w') as f:
-        f.write(config_lib.to_json(config))
+      if main:
+        with open(os.path.join(workdir, 'config.json'), 'w') as f:
+          f.write(config_lib.to_json(config))
       results = train_stage(config, data, workdir, resume=resume, progress=progress)
   except JaxsegError:
     # A run that failed before its first checkpoint leaves nothing worth keeping; a directory
     # that existed before (a resume) is never removed.
     latest = os.path.join(workdir, 'checkpoints', 'latest')
     finished_stages = os.path.isdir(os.path.join(workdir, 'stages'))
-    if created and not finished_stages and not (os.path.isdir(latest) and os.listdir(latest)):
+    if (main and created and not finished_stages
+        and not (os.path.isdir(latest) and os.listdir(latest))):
       shutil.rmtree(workdir, ignore_errors=True)
     raise
-  if config.report:
+  if config.report and main:
     write_report(workdir, progress)
+  distributed.barrier('run-finished')  # every process leaves once the run directory is complete
   return results
 
 
@@ -142,8 +155,10 @@ def train_stage(config, data, workdir: str, *, resume: bool, progress: bool,
   if init_variables is not None:
     state = start_from(state, init_variables, tx)
   state = step_lib.replicate(state, mesh)
-  iterator = pipeline.make_train_iterator(data, config, train_step.needs_unlabeled,
-                                         train_step.needs_labeled)
+  # Each process reads only its own rows of every global batch.
+  iterator = pipeline.make_train_iterator(
+      data, config, train_step.needs_unlabeled, train_step.needs_labeled,
+      local_rows=lambda batch_size: distributed.local_rows(mesh, batch_size))
   ckpts = checkpoint.Checkpoints(workdir, keep=config.checkpoint.keep)
   best = {'dice': -math.inf, 'step': 0}
   if resume:
@@ -152,8 +167,10 @@ def train_stage(config, data, workdir: str, *, resume: bool, progress: bool,
     best = meta['best']
     print(f'resumed from step {int(state.step)} of {config.steps}', flush=True)
   # Forget logs written past the restored checkpoint (or past the start of a stage begun anew).
-  _truncate_metrics(log_dir, step_offset + int(state.step))
-  writer = MetricsWriter(log_dir)
+  main = distributed.is_main()
+  if main:
+    _truncate_metrics(log_dir, step_offset + int(state.step))
+  writer = MetricsWriter(log_dir) if main else NullWriter()
   logits_fn = make_logits_fn(model)
   start_step = int(state.step)
   best_val = None  # the best checkpoint's validation results, kept for the final report
@@ -178,14 +195,21 @@ def train_stage(config, data, workdir: str, *, resume: bool, progress: bool,
       bar.update(1)
 
       if evaluate and (step % config.eval.every == 0 or step == config.steps):
-        per_volume, summary = evaluate_split(logits_fn(state), data.splits['val'], config,
-                                             progress)
-        mean_dice = float(np.nanmean(summary['dice']['mean']))
-        writer.write(step_offset + step, metrics_lib.flat_scalars(summary, config.class_names),
-                     prefix='val')
+        val = {}
+
+        def validate():
+          # Process 0 validates on its own copy of the state; the others wait for its mean Dice.
+          per_volume, summary = evaluate_split(logits_fn(distributed.local_copy(state)),
+                                               data.splits['val'], config, progress)
+          writer.write(step_offset + step,
+                       metrics_lib.flat_scalars(summary, config.class_names), prefix='val')
+          val['result'] = (step, per_volume, summary)  # noqa: B023 (called at once)
+          return float(np.nanmean(summary['dice']['mean']))
+
+        mean_dice = distributed.on_main('val', validate)
         if mean_dice > best['dice']:
           best = {'dice': mean_dice, 'step': step}
-          best_val = (step, per_volume, summary)
+          best_val = val.get('result')  # process 0's; None elsewhere
           ckpts.save('best', step, state, None, {'step': step, 'best': best})
       if step % config.checkpoint.every == 0 or step == config.steps:
         ckpts.save('latest', step, state, iterator.get_state(), {'step': step, 'best': best})
@@ -197,8 +221,9 @@ def train_stage(config, data, workdir: str, *, resume: bool, progress: bool,
   results = (final_report(model, ckpts, state, data, config, workdir, progress, best_val)
              if evaluate else {'best_step': None, 'splits': {}})
   results.update(steps=config.steps, train_wall_seconds=wall, resumed_from=start_step)
-  with open(os.path.join(workdir, 'results.json'), 'w') as f:
-    json.dump(results, f, indent=2, default=jsonable)
+  if main:
+    with open(os.path.join(workdir, 'results.json'), 'w') as f:
+      json.dump(results, f, indent=2, default=jsonable)
   ckpts.close()
   return results
 
@@ -219,7 +244,13 @@ def final_report(model, ckpts, state, data, config, workdir: str, progress: bool
   the best checkpoint, reused instead of evaluating the same weights again (a resumed run
   evaluates anew).
   """
-  best_state, _, meta = ckpts.restore('best', state)
+  best_state, _, meta = ckpts.restore('best', state)  # every process takes part in a restore
+  # Process 0 evaluates; the others receive its results.
+  return distributed.on_main('final', lambda: _evaluate_best(
+      model, distributed.local_copy(best_state), meta, data, config, workdir, progress, best_val))
+
+
+def _evaluate_best(model, best_state, meta, data, config, workdir, progress, best_val) -> dict:
   logits_fn = make_logits_fn(model)(best_state)
   results = {'best_step': meta['step'], 'splits': {}}
   lines = [f'# {config.experiment}: best checkpoint, step {meta["step"]}', '']
