@@ -38,13 +38,32 @@ class ProcessDataHandler(ocp.CheckpointHandler):
         directory / 'metadata').exists():
       name = 'metadata'  # a run saved before positions were per process (Orbax's JsonSave)
     if not (directory / name).exists():
-      counts = sorted({m.group(1) for f in directory.iterdir()
-                       if (m := re.fullmatch(r'process_\d+-of-(\d+)\.json', f.name))})
-      raise ConfigError(
-          f'{directory.parent.parent.parent.parent}: saved by {" or ".join(counts) or "an unknown number of"} '
-          f'process(es), resumed with {jax.process_count()}; resume on the same process count '
-          '(the data streams\' positions are per process)')
+      _refuse_process_count(directory.parent.parent.parent.parent, _saved_counts(directory))
     return json.loads((directory / name).read_text())
+
+
+def _saved_counts(data_dir) -> list[str]:
+  return sorted({m.group(1) for f in os.listdir(data_dir)
+                 if (m := re.fullmatch(r'process_\d+-of-(\d+)\.json', f))})
+
+
+def _refuse_process_count(workdir, counts: list[str]) -> None:
+  raise ConfigError(
+      f'{workdir}: saved by {" or ".join(counts) or "an unknown number of"} process(es), resumed '
+      f'with {jax.process_count()}; resume on the same process count (the data streams\' '
+      'positions are per process)')
+
+
+def check_process_count(workdir: str) -> None:
+  """Refuses, before any work, to resume a run on another process count than it was saved on."""
+  root = os.path.join(workdir, 'checkpoints', 'latest')
+  steps = [int(d) for d in os.listdir(root) if d.isdigit()] if os.path.isdir(root) else []
+  if not steps:
+    return
+  data_dir = os.path.join(root, str(max(steps)), 'data')
+  counts = _saved_counts(data_dir) if os.path.isdir(data_dir) else []
+  if counts and counts != [str(jax.process_count())]:
+    _refuse_process_count(workdir, counts)
 
 
 @ocp.args.register_with_handler(ProcessDataHandler, for_save=True)

@@ -85,6 +85,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, resum
                              else config.losses))
   check_workdir(workdir, resume)
   if resume:
+    checkpoint.check_process_count(workdir)
     saved = config_lib.read_run_config(workdir, resolve_stages=False)
     # A resume may train longer, and read the same data from where it has moved to.
     saved.steps = config.steps
