@@ -145,3 +145,41 @@ def test_processes_rows_of_a_stream_make_the_one_process_batches():
     expected, a, b = next(whole), next(even), next(odd)
     np.testing.assert_array_equal(expected[[0, 2]], a)
     np.testing.assert_array_equal(expected[[1, 3]], b)
+
+
+def test_process_flags_go_together(capsys):
+  from jaxseg import run
+  assert run.main(['--experiment', 'smoke', '--coordinator', 'localhost:1234']) == 2
+  assert '--coordinator, --num-processes and --process-id go together' in capsys.readouterr().err
+  assert run.main(['--experiment', 'smoke', '--coordinator', 'localhost:1234',
+                   '--num-processes', '2', '--process-id', '2']) == 2
+  assert '--process-id 2 must be in [0, --num-processes 2)' in capsys.readouterr().err
+
+
+def test_a_checkpoint_from_another_process_count_is_refused_before_any_work(tmp_path):
+  from jaxseg.errors import ConfigError
+  from jaxseg.training import checkpoint
+  data = tmp_path / 'checkpoints' / 'latest' / '6' / 'data'
+  data.mkdir(parents=True)
+  for i in range(2):
+    (data / f'process_{i}-of-2.json').write_text('{}')
+  with pytest.raises(ConfigError, match=r'saved by 2 process\(es\), resumed with 1'):
+    checkpoint.check_process_count(str(tmp_path))
+  for i in range(2):
+    (data / f'process_{i}-of-2.json').unlink()
+  (data / 'process_0-of-1.json').write_text('{}')
+  checkpoint.check_process_count(str(tmp_path))  # the same count: no complaint
+
+
+def test_a_run_saved_before_per_process_positions_still_resumes(tmp_path):
+  import orbax.checkpoint as ocp
+  from jaxseg.training import checkpoint
+  old = checkpoint.Checkpoints(str(tmp_path))  # saves the data positions as Orbax's JsonSave did
+  state = {'w': np.arange(3.0)}
+  old.latest.save(3, args=ocp.args.Composite(
+      state=ocp.args.StandardSave(state), data=ocp.args.JsonSave({'labeled': {'next': 12}}),
+      meta=ocp.args.JsonSave({'step': 3})))
+  old.close()
+  restored_state, data, meta = checkpoint.Checkpoints(str(tmp_path)).restore('latest', state)
+  assert data == {'labeled': {'next': 12}} and meta == {'step': 3}
+  np.testing.assert_array_equal(restored_state['w'], state['w'])
