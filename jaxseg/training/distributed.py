@@ -58,7 +58,7 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
     # 'deactivate': explicit flags win over a cluster environment (e.g. a SLURM allocation).
     jax.distributed.initialize(coordinator, num_processes, process_id,
                                cluster_detection_method='deactivate')
-  else:
+  elif not jax.distributed.is_initialized():  # (a launcher script may have joined already)
     if _one_task_launch():
       return
     try:
@@ -66,6 +66,12 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
     except ValueError as e:
       # jax.distributed found no cluster environment: an ordinary one-process run.
       if 'coordinator_address should be defined' in str(e):
+        return
+      raise
+    except RuntimeError as e:
+      # Called in a process that already computed with JAX (e.g. `run.main` in a test): it
+      # has its devices, and is one process.
+      if 'must be called before' in str(e):
         return
       raise
   if jax.process_count() > 1:
