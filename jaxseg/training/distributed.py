@@ -233,3 +233,24 @@ def finish() -> None:
     barrier('finish')
     _finished.set()
 
+
+def main_only(main: Callable[[], int]) -> int:
+  """Runs a command that trains and shards nothing (evaluate, predict, report): launched as
+  several processes, process 0 does the work while the others wait, and all exit with its
+  status; as one process, just `main()`."""
+  initialize()
+  if not is_multiprocess():
+    return main()
+  code = 0
+  if is_main():
+    try:
+      code = main()
+    except BaseException as e:  # noqa: BLE001 (the others must not wait for ever)
+      abort(f'{type(e).__name__}: {e}', code=1)
+      raise
+    if code:
+      abort(f'exit status {code} (its message is in process 0\'s output)', code=code)
+  code = on_main('exit-status', lambda: code)
+  finish()
+  return code
+
