@@ -467,4 +467,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == '__main__':
-  sys.exit(main())
+  # Launched as several processes (SLURM, mpirun, a TPU pod): process 0 alone works.
+  from jaxseg.training import distributed  # noqa: PLC0415 (JAX: after the module loads)
+  sys.exit(distributed.main_only(main))

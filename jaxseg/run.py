@@ -2,6 +2,10 @@
 
 Parses, resolves the experiment's config and calls `train_and_evaluate`. Without `--data-dir`
 the experiment runs its CPU-sized profile on the built-in synthetic phantom.
+
+Several processes (one per host) train one run when launched by SLURM, Open MPI or on a TPU
+pod (detected by `jax.distributed`), or with `--coordinator HOST:PORT --num-processes N
+--process-id I` given to each; see README "Several machines".
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ import datetime
 import os
 import shutil
 import sys
+import traceback
 
 from jaxseg import config as config_lib
 from jaxseg.errors import ConfigError, JaxsegError
@@ -36,6 +41,13 @@ def parse_args(argv):
   parser.add_argument('--folds', type=int, default=0, metavar='K',
                       help='K-fold cross-validation (LA, pancreas): trains every fold in '
                            'WORKDIR/fold_i and summarizes them in WORKDIR/folds.md')
+  group = parser.add_argument_group(
+      'several processes', 'one process per host; without these, jax.distributed detects SLURM, '
+      'Open MPI and TPU pods by itself')
+  group.add_argument('--coordinator', metavar='HOST:PORT',
+                     help="process 0's address, the same for every process")
+  group.add_argument('--num-processes', type=int, metavar='N', help='how many processes in all')
+  group.add_argument('--process-id', type=int, metavar='I', help='this process, 0 .. N-1')
   return parser.parse_args(argv)
 
 
@@ -135,12 +147,20 @@ def write_fold_summary(config, workdir: str, dice: list[float]) -> dict:
 
 def main(argv=None) -> int:
   args = parse_args(sys.argv[1:] if argv is None else argv)
+  distributed = None
   try:
     config, profile = resolve_config(args)
     if args.resume and not args.workdir:
       raise JaxsegError('--resume needs --workdir (the run directory to continue)')
-    workdir = args.workdir or os.path.join(
-        'runs', f'{config.experiment}-{datetime.datetime.now():%Y%m%d-%H%M%S}')
+    # Imports JAX: after the arguments are checked; joins the other processes, if any, before
+    # anything touches a device.
+    from jaxseg.training import distributed  # noqa: PLC0415
+    distributed.initialize(args.coordinator, args.num_processes, args.process_id)
+    if args.folds and distributed.is_multiprocess():
+      raise ConfigError('--folds trains on one process; launch it as a single process')
+    # One run directory for all processes: process 0's clock names it.
+    workdir = distributed.on_main('workdir', lambda: args.workdir or os.path.join(
+        'runs', f'{config.experiment}-{datetime.datetime.now():%Y%m%d-%H%M%S}'))
     if profile == 'cpu' and not args.resume:
       shape = (tuple(config.data.crop_shape) if config.data.crop_shape
                else (config.data.image_size,) * 2)
@@ -149,7 +169,7 @@ def main(argv=None) -> int:
             f'at {"x".join(map(str, shape))}).',
             flush=True)
     print(f'run directory: {workdir}', flush=True)
-    from jaxseg.training.loop import train_and_evaluate  # imports JAX: after argument checks
+    from jaxseg.training.loop import train_and_evaluate  # noqa: PLC0415
     steps = args.steps if args.resume else None
     with rundir.storage_errors(workdir):
       if args.folds:
@@ -160,7 +180,16 @@ def main(argv=None) -> int:
                            steps=steps)
   except JaxsegError as e:
     print(f'error: {e}', file=sys.stderr)
+    if distributed is not None:
+      distributed.abort(str(e))  # the other processes stop too, with this message
     return 2
+  except BaseException as e:
+    if distributed is not None and distributed.is_multiprocess():
+      traceback.print_exc()
+      distributed.abort(f'{type(e).__name__}: {e}', code=1)
+    raise
+  if distributed is not None:
+    distributed.finish()
   return 0
 
 

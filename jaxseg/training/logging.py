@@ -44,3 +44,13 @@ class MetricsWriter:
 def read_metrics(workdir: str) -> list[dict[str, Any]]:
   with open(os.path.join(workdir, 'metrics.jsonl')) as f:
     return [json.loads(line) for line in f if line.strip()]
+
+
+class NullWriter:
+  """The writer of a process that writes nothing (every process but 0 of a multi-process run)."""
+
+  def write(self, step: int, scalars: dict[str, Any], prefix: str = 'train') -> None:
+    del step, scalars, prefix
+
+  def close(self) -> None:
+    pass

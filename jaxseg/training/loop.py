@@ -8,6 +8,7 @@ best checkpoint on the validation (and, when present, test) volumes.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -26,8 +27,9 @@ from jaxseg.data import datasets, pipeline
 from jaxseg.errors import ConfigError, JaxsegError, TrainingDiverged
 from jaxseg.evaluation import inference, metrics as metrics_lib
 from jaxseg.models import build_model
-from jaxseg.training import checkpoint, objectives, prefetch, rundir, schedules, step as step_lib
-from jaxseg.training.logging import MetricsWriter
+from jaxseg.training import (checkpoint, distributed, objectives, prefetch, rundir, schedules,
+                             step as step_lib)
+from jaxseg.training.logging import MetricsWriter, NullWriter
 
 
 def make_logits_fn(model):
@@ -62,11 +64,25 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, resum
   A resume continues the run saved in `workdir` with its own config (`config` only gives
   `data.dir`, where the data may have moved) to its own step count, or to `steps` when given
   (`--steps`: the run is extended). A finished run is left untouched.
+
+  With several processes (`distributed.initialize`) every process calls this with the same
+  arguments; process 0 alone prints, shows progress, holds the directory's lock and writes its
+  files.
   """
+  main = distributed.is_main()
+  progress = progress and main
+  if config.stage_order and distributed.is_multiprocess():
+    raise ConfigError(f'{config.experiment}: staged runs (stage_order) train on one process '
+                      'for now; launch it as a single process')
   if steps is not None and not resume:
     config_lib.set_total_steps(config, steps)
-  rundir.check(workdir, resume)
+  # Process 0 alone asks for the lock: processes probing it at once would see each other.
+  if main:
+    rundir.check(workdir, resume)
+  else:
+    rundir.check_contents(workdir, resume)
   if resume:
+    checkpoint.check_process_count(workdir)
     config, extended = resumed_config(config, workdir, steps)
     finished = rundir.finished_results(workdir, config_lib.total_steps(config))
     if finished is not None and not extended:
@@ -81,15 +97,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, resum
   data = datasets.load_data(config)
   data.check(progress)  # bad data fails before the run directory is touched
   print(data.description, flush=True)
+  distributed.barrier('checked')  # no process creates the directory another is still checking
   created = not os.path.isdir(workdir)
   with rundir.storage_errors(workdir):
-    os.makedirs(workdir, exist_ok=True)
-    with rundir.hold(workdir):
-      if not resume:
+    if main:
+      os.makedirs(workdir, exist_ok=True)
+    distributed.barrier('created')
+    with rundir.hold(workdir) if main else contextlib.nullcontext():
+      if not resume and main:
         rundir.check_contents(workdir, resume=False)  # another run may have begun here since
       try:
         with rundir.storage_errors(workdir):
-          if not resume or extended:
+          if main and (not resume or extended):
             rundir.write_text(os.path.join(workdir, 'config.json'), config_lib.to_json(config))
           if config.stage_order:
             from jaxseg.training import stages  # noqa: PLC0415 (stages imports this module)
@@ -102,12 +121,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, resum
         # never removed.
         latest = os.path.join(workdir, 'checkpoints', 'latest')
         finished_stages = os.path.isdir(os.path.join(workdir, 'stages'))
-        if (created and not isinstance(e, TrainingDiverged) and not finished_stages
+        if (main and created and not isinstance(e, TrainingDiverged) and not finished_stages
             and not (os.path.isdir(latest) and os.listdir(latest))):
           shutil.rmtree(workdir, ignore_errors=True)
         raise
-      if config.report:
+      if config.report and main:
         write_report(workdir, progress)
+  distributed.barrier('run-finished')  # every process leaves once the run directory is complete
   return results
 
 
@@ -173,9 +193,12 @@ def train_stage(config, data, workdir: str, *, resume: bool, progress: bool,
   if init_variables is not None:
     state = start_from(state, init_variables, tx)
   state = step_lib.replicate(state, mesh)
+  # Each process reads only its own rows of every global batch; the next batch travels to the
+  # device while a step runs.
   batches = prefetch.DevicePrefetch(
-      pipeline.make_train_iterator(data, config, train_step.needs_unlabeled,
-                                   train_step.needs_labeled),
+      pipeline.make_train_iterator(
+          data, config, train_step.needs_unlabeled, train_step.needs_labeled,
+          local_rows=lambda batch_size: distributed.local_rows(mesh, batch_size)),
       lambda pair: tuple(step_lib.shard_batch(batch, mesh) for batch in pair))
   ckpts = checkpoint.Checkpoints(workdir, keep=config.checkpoint.keep)
   best = {'dice': -math.inf, 'step': 0}
@@ -192,8 +215,10 @@ def train_stage(config, data, workdir: str, *, resume: bool, progress: bool,
     saved = (int(meta['step']), meta.get('loss'))
     print(f'resumed from step {int(state.step)} of {config.steps}', flush=True)
   # Forget logs written past the restored checkpoint (or past the start of a stage begun anew).
-  _truncate_metrics(log_dir, step_offset + int(state.step))
-  writer = MetricsWriter(log_dir)
+  main = distributed.is_main()
+  if main:
+    _truncate_metrics(log_dir, step_offset + int(state.step))
+  writer = MetricsWriter(log_dir) if main else NullWriter()
   logits_fn = make_logits_fn(model)
   start_step = int(state.step)
   best_val = None  # the best checkpoint's validation results, kept for the final report
@@ -228,14 +253,21 @@ def train_stage(config, data, workdir: str, *, resume: bool, progress: bool,
       bar.set_postfix(loss=f'{last_finite[1]:.4f}', best_dice=f'{max(best["dice"], 0):.4f}')
 
       if validate:
-        per_volume, summary = evaluate_split(logits_fn(state), data.splits['val'], config,
-                                             progress)
-        mean_dice = float(np.nanmean(summary['dice']['mean']))
-        writer.write(step_offset + step, metrics_lib.flat_scalars(summary, config.class_names),
-                     prefix='val')
+        val = {}
+
+        def run_validation():
+          # Process 0 validates on its own copy of the state; the others wait for its mean Dice.
+          per_volume, summary = evaluate_split(logits_fn(distributed.local_copy(state)),
+                                               data.splits['val'], config, progress)
+          writer.write(step_offset + step,
+                       metrics_lib.flat_scalars(summary, config.class_names), prefix='val')
+          val['result'] = (step, per_volume, summary)  # noqa: B023 (called at once)
+          return float(np.nanmean(summary['dice']['mean']))
+
+        mean_dice = distributed.on_main('val', run_validation)
         if mean_dice > best['dice']:
           best = {'dice': mean_dice, 'step': step}
-          best_val = (step, per_volume, summary)
+          best_val = val.get('result')  # process 0's; None elsewhere
           ckpts.save('best', step, state, None, {'step': step, 'best': best, 'loss': loss})
       if save:
         ckpts.save('latest', step, state, batches.get_state(),
@@ -249,7 +281,8 @@ def train_stage(config, data, workdir: str, *, resume: bool, progress: bool,
   results = (final_report(model, ckpts, state, data, config, workdir, progress, best_val)
              if evaluate else {'best_step': None, 'splits': {}})
   results.update(steps=config.steps, train_wall_seconds=wall, resumed_from=start_step)
-  rundir.write_json(os.path.join(workdir, 'results.json'), results, default=jsonable)
+  if main:
+    rundir.write_json(os.path.join(workdir, 'results.json'), results, default=jsonable)
   ckpts.close()
   return results
 
@@ -287,7 +320,13 @@ def final_report(model, ckpts, state, data, config, workdir: str, progress: bool
   the best checkpoint, reused instead of evaluating the same weights again (a resumed run
   evaluates anew).
   """
-  best_state, _, meta = ckpts.restore('best', state)
+  best_state, _, meta = ckpts.restore('best', state)  # every process takes part in a restore
+  # Process 0 evaluates; the others receive its results.
+  return distributed.on_main('final', lambda: _evaluate_best(
+      model, distributed.local_copy(best_state), meta, data, config, workdir, progress, best_val))
+
+
+def _evaluate_best(model, best_state, meta, data, config, workdir, progress, best_val) -> dict:
   logits_fn = make_logits_fn(model)(best_state)
   results = {'best_step': meta['step'], 'splits': {}}
   lines = [f'# {config.experiment}: best checkpoint, step {meta["step"]}', '']

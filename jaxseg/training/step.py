@@ -161,6 +161,9 @@ def make_mesh(num_devices: int = 0) -> Mesh:
   n = num_devices or available
   if n > available:
     raise ConfigError(f'mesh.num_devices: asked for {n} devices, {available} available')
+  if jax.process_count() > 1 and n != available:
+    raise ConfigError(f'mesh.num_devices={n}: with {jax.process_count()} processes the mesh '
+                      f'spans all {available} devices of all processes (leave it at 0)')
   # Auto axes: XLA propagates the batch sharding through the model (explicit-sharding mode would
   # make every op, e.g. dropout's random mask, state its sharding).
   return jax.make_mesh((n,), ('data',), axis_types=(jax.sharding.AxisType.Auto,),
@@ -188,10 +191,15 @@ def jit_train_step(train_step, mesh: Mesh):
 
 
 def shard_batch(batch, mesh: Mesh):
-  """Places a host batch (numpy) on the mesh, split over 'data'."""
+  """Places a host batch (numpy) on the mesh, split over 'data'. With several processes `batch`
+  is this process's rows of the global batch (`distributed.local_rows`), and the global batch is
+  assembled from every process's part."""
   if batch is None:
     return None
   sharding = NamedSharding(mesh, P('data'))
+  if jax.process_count() > 1:
+    return jax.tree.map(
+        lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), batch)
   return jax.tree.map(lambda x: jax.device_put(np.asarray(x), sharding), batch)
 
 
