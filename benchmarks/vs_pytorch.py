@@ -272,16 +272,7 @@ def jax_layer_fns(kind, cin, cout, k, stride, spatial, batch, impl):
   rng = np.random.default_rng(0)
   x = jnp.asarray(rng.standard_normal((batch, *spatial, cin), dtype=np.float32))
   w = jnp.asarray(rng.standard_normal((k,) * nd + (cin, cout), dtype=np.float32) * 0.1)
-  dims = ('NHWC', 'HWIO', 'NHWC') if nd == 2 else ('NDHWC', 'DHWIO', 'NDHWC')
-  if kind == 'convT':
-    conv = lambda x, w: jax.lax.conv_transpose(x, w, (stride,) * nd, 'VALID',
-                                               dimension_numbers=dims)
-  elif impl in (None, 'xla'):
-    pad = 'SAME' if stride == 1 else 'VALID'
-    conv = lambda x, w: jax.lax.conv_general_dilated(x, w, (stride,) * nd, pad,
-                                                     dimension_numbers=dims)
-  else:
-    conv = project_conv(impl, nd, stride)
+  conv = project_conv(kind, impl, (stride,) * nd)
   y = jax.eval_shape(conv, x, w)
   g = jnp.ones(y.shape, y.dtype)
   fwd = jax.jit(conv)
@@ -290,13 +281,25 @@ def jax_layer_fns(kind, cin, cout, k, stride, spatial, batch, impl):
   return (fwd, (x, w)), (dx, (x, w, g)), (dw, (x, w, g))
 
 
-def project_conv(impl, nd, stride):
-  """The project's convolution for `model.conv_impl=impl` as a function of (x, kernel)."""
+def project_conv(kind, impl, strides):
+  """The models' convolution (x, kernel) -> y as `model.conv_impl=impl` computes it (impl None:
+  the config's default); XLA's own when this checkout has no jaxseg.models.layers."""
+  padding = 'SAME' if set(strides) == {1} else 'VALID'
   try:
-    from jaxseg.models import conv as conv_lib
+    from jaxseg.models import layers
   except ImportError:
-    raise SystemExit(f'error: --conv-impl {impl}: this checkout has no jaxseg.models.conv')
-  return conv_lib.conv_function(impl, strides=(stride,) * nd)
+    if impl not in (None, 'xla'):
+      raise SystemExit(f'error: --conv-impl {impl}: this checkout has no jaxseg.models.layers')
+    spec = 'N' + 'DHW'[3 - len(strides):] + 'C'
+    dims = (spec, spec[1:-1] + 'IO', spec)
+    if kind == 'convT':
+      return lambda x, w: jax.lax.conv_transpose(x, w, strides, 'VALID', dimension_numbers=dims)
+    return lambda x, w: jax.lax.conv_general_dilated(x, w, strides, padding,
+                                                     dimension_numbers=dims)
+  impl = impl or config_lib.base_config().model.get('conv_impl', 'xla')
+  if kind == 'convT':
+    return lambda x, w: layers.conv_transpose(x, w, strides, 'VALID', impl)
+  return lambda x, w: layers.conv(x, w, strides, padding, impl)
 
 
 def torch_layer_fns(kind, cin, cout, k, stride, spatial, batch):
