@@ -424,7 +424,7 @@ def main(argv=None) -> int:
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime('%Y%m%dT%H%M%S')
     path = os.path.join(RESULTS_DIR, f'vs_pytorch-{stamp}.json')
   with open(path, 'w') as f:
-    json.dump({'machine': machine, 'args': {k: v for k, v in vars(args).items()},
+    json.dump({'machine': machine, 'args': vars(args),
                'steps': results, 'layers': layers}, f, indent=2, default=list)
   print(f'\nwrote {path}')
   return 0
