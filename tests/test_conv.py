@@ -73,17 +73,6 @@ def test_xla_impl_is_lax_itself():
       jax.lax.conv_transpose(x, w, (2, 2, 2), 'VALID', dimension_numbers=dims))
 
 
-def test_fast_max_pool_equals_flax_and_its_gradient():
-  x = jax.random.normal(jax.random.key(3), (2, 9, 8, 3))  # odd side: remainder dropped
-  pool = lambda impl: jax.jit(jax.value_and_grad(
-      lambda x: jnp.sum(jnp.sin(layers.max_pool(x, (2, 2), impl)))))
-  (v_fast, g_fast), (v_xla, g_xla) = pool('fast')(x), pool('xla')(x)
-  np.testing.assert_allclose(v_fast, v_xla, rtol=1e-6)
-  np.testing.assert_allclose(g_fast, g_xla, rtol=1e-6, atol=1e-7)
-  np.testing.assert_array_equal(layers.max_pool(x, (2, 2), 'xla'),
-                                nn.max_pool(x, (2, 2), strides=(2, 2)))
-
-
 @pytest.mark.parametrize('fast, ref, kwargs', [
     (layers.Conv, nn.Conv, dict(kernel_size=(3, 3, 3), padding=1)),
     (layers.Conv, nn.Conv, dict(kernel_size=(1, 1), use_bias=False)),

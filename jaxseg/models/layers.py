@@ -1,11 +1,10 @@
-"""Convolution and pooling layers with a path XLA:CPU runs fast, exact rewrites of XLA's own.
+"""Convolution layers with a path XLA:CPU runs fast, exact rewrites of XLA's own.
 
 On the CPU backend (jax 0.10), XLA hands 2D convolutions to a fast library (YNNPACK/XNNPACK
-fusions) but runs 3D ones, strided ones and their gradients through generic loops that reach
-1-10 GFLOP/s, and the gradient of `nn.max_pool` (a reduce-window carrying argmax indices) costs
-more than the convolutions around it. `conv_impl='fast'` rewrites each such op into operations
-XLA:CPU runs fast, computing the same function (equal to float rounding, gradients included:
-tests/test_conv.py):
+fusions, gradients included) but runs 3D, strided and transposed ones and their gradients
+through generic loops that reach 1-10 GFLOP/s. `conv_impl='fast'` rewrites each such convolution
+into operations XLA:CPU runs fast, computing the same function (equal to float rounding,
+gradients included: tests/test_conv.py):
 
 * 1x1 (any rank, any stride): a strided slice and one matrix product over the channels.
 * kernel == stride, no padding (V-Net's 2x2x2 stride-2 down-convolutions): space-to-depth and
@@ -15,7 +14,9 @@ tests/test_conv.py):
 * 3D, any other kernel and stride (3x3x3, ResNet3D's 7x7x7 stem and stride-2 convs): the depth
   taps are stacked on the channels and the rest is one 2D convolution over (batch x depth), which
   XLA:CPU runs (and differentiates) through its fast 2D path.
-* 2x2 max pooling: a reshape and a max (its gradient is then a compare and a select).
+* at most SMALL_MAP output positions per image (the V-Net bottleneck): im2col and one matmul.
+
+2D convolutions with larger maps stay XLA's own: no formulation measured beat its weight gradient.
 
 Everything else, and every op on other backends with `conv_impl='auto'`, is XLA's own: GPUs keep
 cuDNN. The layers are drop-ins for `nn.Conv` / `nn.ConvTranspose` as the models use them: same
@@ -164,24 +165,6 @@ def conv_transpose(x: jax.Array, w: jax.Array, strides: Sequence[int], padding,
   for i in range(d):
     perm += [1 + i, 1 + d + i]
   return y.transpose(*perm, 2 * d + 1).reshape(b, *(n * k for n, k in zip(spatial, kernel)), out_c)
-
-
-def max_pool(x: jax.Array, window: Sequence[int], impl: str = 'fast') -> jax.Array:
-  """`nn.max_pool(x, window, strides=window)` (non-overlapping, VALID), channels-last.
-
-  The fast form is a reshape and a max: the same values; its gradient splits equally between
-  tied maxima where XLA's reduce-window sends it to one of them (ties are measure-zero for the
-  float activations the models pool).
-  """
-  window = tuple(window)
-  if resolve_impl(impl) == 'xla':
-    return nn.max_pool(x, window, strides=window)
-  out = [n // k for n, k in zip(x.shape[1:-1], window)]
-  x = x[(slice(None), *(slice(0, o * k) for o, k in zip(out, window)))]
-  split = [x.shape[0]]
-  for o, k in zip(out, window):
-    split += [o, k]
-  return x.reshape(*split, x.shape[-1]).max(axis=tuple(range(2, 2 * len(window) + 1, 2)))
 
 
 def _tuple(v, rank: int) -> tuple[int, ...]:

@@ -22,7 +22,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxseg.models.layers import Conv, max_pool
+from jaxseg.models.layers import Conv
 
 SSL4MIS_DROPOUT = (0.05, 0.1, 0.2, 0.3, 0.5)
 
@@ -67,7 +67,7 @@ class Encoder(nn.Module):
     skips = []
     for level, (features, rate) in enumerate(zip(self.channels, self.dropout)):
       if level > 0:
-        x = max_pool(x, (2, 2), self.conv_impl)
+        x = nn.max_pool(x, (2, 2), strides=(2, 2))
       x = ConvBlock(features, rate, self.norm, self.conv_impl, name=f'down{level}')(x, train)
       skips.append(x)
     return skips
