@@ -86,7 +86,10 @@ def vnet_convs(crop, batch: int, f: int = 16):
     if level < 4:
       convs.append((f'up{level}', (batch, *(n // 2 for n in shape), 2 * c), (2, 2, 2),
                     (2, 2, 2), 'VALID', c, True))
-  convs += [('classifier', (batch, *crop, f), (1, 1, 1), (1, 1, 1), 'SAME', 2, False),
+  # The first stage has only the 1 -> f convolution; the last decoder stage's f -> f one is the
+  # widest map of the network.
+  convs += [('dec0.conv', (batch, *crop, f), (3, 3, 3), (1, 1, 1), 1, f, False),
+            ('classifier', (batch, *crop, f), (1, 1, 1), (1, 1, 1), 'SAME', 2, False),
             ('resnet.stem', (batch, *crop, 1), (7, 7, 7), (1, 1, 1), 3, f, False),
             ('resnet.stride2', (batch, *crop, f), (3, 3, 3), (2, 2, 2), 1, 2 * f, False),
             ('resnet.shortcut', (batch, *crop, f), (1, 1, 1), (2, 2, 2), 'VALID', 2 * f, False)]
