@@ -84,7 +84,8 @@ def conv(x: jax.Array, w: jax.Array, strides: Sequence[int], padding, impl: str 
     return _patch_conv(x, w)
   if len(kernel) == 3:
     return _conv3d_as_2d(x, w, strides, pads)
-  out = [(n + lo + hi - k) // s + 1 for n, k, s, (lo, hi) in zip(x.shape[1:-1], kernel, strides, pads)]
+  out = [(n + lo + hi - k) // s + 1
+         for n, k, s, (lo, hi) in zip(x.shape[1:-1], kernel, strides, pads)]
   if math.prod(out) <= SMALL_MAP:
     return _im2col_conv(x, w, strides, pads, out)
   return _xla_conv(x, w, strides, pads)
@@ -149,14 +150,15 @@ def conv_transpose(x: jax.Array, w: jax.Array, strides: Sequence[int], padding,
   With impl 'fast', kernel == stride and padding 'VALID' is one matmul and a depth-to-space.
   """
   kernel, strides = tuple(w.shape[:-2]), tuple(strides)
-  if (resolve_impl(impl) == 'xla' or canonicalize_padding(padding, len(kernel)) != 'VALID'
-      or kernel != strides):
+  padding = canonicalize_padding(padding, len(kernel))
+  if resolve_impl(impl) == 'xla' or padding != 'VALID' or kernel != strides:
     spec = 'N' + 'DHW'[3 - len(kernel):] + 'C'
     return lax.conv_transpose(x, w, strides, padding,
                               dimension_numbers=(spec, spec[1:-1] + 'IO', spec))
   d, (b, *spatial, _), out_c = len(kernel), x.shape, w.shape[-1]
-  # Every input voxel writes its own k1 x k2 x ... output patch: y[i*k + a] = x[i] @ w[a]. With
-  # the kernel unflipped, lax.conv_transpose's patch is w reversed along every spatial axis.
+  # Every input voxel writes its own k1 x k2 x ... output patch, y[i*k + a] = x[i] @ w[k-1-a]:
+  # lax.conv_transpose (transpose_kernel=False) is a convolution of the dilated input with w,
+  # which reverses the taps relative to the output offsets.
   w_flipped = w[(slice(None, None, -1),) * d]
   y = _channel_matmul(x, jnp.moveaxis(w_flipped, -2, 0).reshape(w.shape[-2], -1))
   y = y.reshape(b, *spatial, *kernel, out_c)
