@@ -60,6 +60,8 @@ def parse_args(argv):
   p.add_argument('--devices', type=int, default=0, help='mesh size (default: all devices)')
   p.add_argument('--json', default='', metavar='OUT.json', help='also write the results here')
   p.add_argument('--seed', type=int, default=0)
+  p.add_argument('--set', action='append', default=[], metavar='KEY=VALUE',
+                 help='config override for every step, e.g. model.dtype=bfloat16 (repeatable)')
   args = p.parse_args(argv)
   args.steps = [s.strip() for s in args.steps.split(',') if s.strip()]
   unknown = [s for s in args.steps if s not in STEPS]
@@ -73,7 +75,7 @@ def parse_args(argv):
 def make_config(name: str, args):
   experiment, overrides = STEPS[name]
   config = config_lib.load_experiment(experiment, 'paper')
-  config_lib.apply_overrides(config, overrides)
+  config_lib.apply_overrides(config, overrides + args.set)
   with config.unlocked():
     config.data.image_size = args.size
     config.data.labeled_batch = args.labeled
@@ -163,7 +165,8 @@ def format_table(machine: dict, args, results: list[dict]) -> str:
       f"mesh {machine['mesh_devices']}; CPU {machine['cpu']}, {machine['cpu_count']} cores; "
       f"jax {machine['jax']}",
       f'setting: {args.size}x{args.size}, warmup {args.warmup}, repeats {args.repeats}; '
-      'memory and FLOPs per device (XLA compiled analysis)',
+      'memory and FLOPs per device (XLA compiled analysis)'
+      + (f"; --set {' '.join(args.set)}" if args.set else ''),
       '',
       '| step | batch | compile s | median ms | IQR ms | img/s | temp MiB | args MiB | GFLOPs |',
       '|---|---|---:|---:|---:|---:|---:|---:|---:|',

@@ -51,6 +51,8 @@ def parse_args(argv):
   p.add_argument('--losses', default='supervised', help='comma-separated registered terms')
   p.add_argument('--repeats', type=int, default=2, help='timed steps (0: compile only)')
   p.add_argument('--warmup', type=int, default=1)
+  p.add_argument('--set', action='append', default=[], metavar='KEY=VALUE',
+                 help='config override, e.g. model.dtype=bfloat16 (repeatable)')
   p.add_argument('--json', default='', metavar='OUT.json')
   args = p.parse_args(argv)
   args.crop = tuple(int(v) for v in args.crop.split(','))
@@ -72,6 +74,7 @@ def make_config(args):
     losses.append('bench_unlabeled_forward')
   c.losses = tuple(losses)
   c.mesh.num_devices = 1
+  config_lib.apply_overrides(c, args.set)
   return c
 
 
@@ -125,7 +128,7 @@ def main(argv=None) -> int:
         f"jax {m['jax']}")
   print(f"DualStream {'+'.join(config.model.subnets)} ({params / 1e6:.2f}M params), crop "
         f"{'x'.join(map(str, args.crop))}, {args.labeled}+{args.unlabeled} volumes, "
-        f"losses {', '.join(config.losses)}")
+        f"losses {', '.join(config.losses)}, dtype {config.model.dtype}")
   gflops = '-' if flops is None else f'{flops / 1e9:.0f}'
   mib = lambda x: '-' if x is None else f'{x / MIB:.0f}'
   print(f"init {init_s:.1f} s, compile {compile_s:.1f} s, {gflops} GFLOPs/step, temp "

@@ -90,6 +90,12 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.resnet_blocks = (3, 4, 6, 3)  # ResNet-34 basic blocks per stage
   c.model.dropout_3d = 0.5  # channel dropout on the last decoder map (and the V-Net bottleneck)
   c.model.vnet_residual = False  # UA-MT/MCF use plain conv stages; True: V-Net's residual ones
+  # Convolution/pooling implementation (jaxseg/models/layers.py): 'xla' (XLA's own ops), 'fast'
+  # (exact rewrites XLA:CPU runs several times faster), 'auto' (fast on the CPU backend only).
+  c.model.conv_impl = 'auto'
+  # Activation dtype of the train step: 'float32' or 'bfloat16' (mixed precision for GPUs/TPUs;
+  # parameters, optimizer state, losses and metrics stay float32; jaxseg/training/step.py).
+  c.model.dtype = 'float32'
 
   c.optimizer = ml_collections.ConfigDict()
   c.optimizer.name = 'sgd'  # 'sgd' (SSL4MIS) or 'adam' (PLGCL)

@@ -2,6 +2,7 @@
 
 from jaxseg.errors import ConfigError
 from jaxseg.models.dualstream import DualStream
+from jaxseg.models.layers import CONV_IMPLS
 from jaxseg.models.resnet3d import ResNet3D
 from jaxseg.models.unet import UNet
 from jaxseg.models.vnet import VNet
@@ -16,7 +17,8 @@ def build_model(config):
                 projection_dim=config.model.projection_dim,
                 projection_hidden=config.model.projection_hidden,
                 pixel_projection_dim=config.model.get('pixel_projection_dim', 0),
-                pixel_projection_hidden=config.model.get('pixel_projection_hidden', 0))
+                pixel_projection_hidden=config.model.get('pixel_projection_hidden', 0),
+                conv_impl=_conv_impl(config))
   if name in SUBNETS_3D:
     return _build_3d(name, config)
   if name == 'dualstream':
@@ -32,10 +34,18 @@ def build_model(config):
 SUBNETS_3D = ('vnet', 'resnet3d')
 
 
+def _conv_impl(config) -> str:
+  impl = config.model.get('conv_impl', 'auto')
+  if impl not in CONV_IMPLS:
+    raise ConfigError(f'model.conv_impl: unknown {impl!r}; known: {", ".join(CONV_IMPLS)}')
+  return impl
+
+
 def _build_3d(name: str, config):
   m = config.model
   if name == 'vnet':
     return VNet(num_classes=config.num_classes, base_filters=m.base_filters,
-                dropout=m.dropout_3d, residual=m.vnet_residual)
+                dropout=m.dropout_3d, residual=m.vnet_residual, conv_impl=_conv_impl(config))
   return ResNet3D(num_classes=config.num_classes, base_filters=m.base_filters,
-                  blocks=tuple(m.resnet_blocks), dropout=m.dropout_3d)
+                  blocks=tuple(m.resnet_blocks), dropout=m.dropout_3d,
+                  conv_impl=_conv_impl(config))

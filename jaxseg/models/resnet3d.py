@@ -20,6 +20,7 @@ from typing import Sequence
 import flax.linen as nn
 import jax
 
+from jaxseg.models.layers import Conv
 from jaxseg.models.vnet import KERNEL_INIT, VNetDecoder, batch_norm
 
 RESNET34_BLOCKS = (3, 4, 6, 3)
@@ -30,21 +31,22 @@ class BasicBlock(nn.Module):
 
   features: int
   stride: int = 1
+  conv_impl: str = 'auto'
 
   @nn.compact
   def __call__(self, x, train: bool):
     s = (self.stride,) * 3
     # Explicit padding 1 as PyTorch's: flax's 'SAME' pads (0, 1) for a stride-2 conv on an even
     # side, which would shift every sampled window by one voxel.
-    y = nn.Conv(self.features, (3, 3, 3), strides=s, padding=1, use_bias=False,
-                kernel_init=KERNEL_INIT, name='conv1')(x)
+    y = Conv(self.features, (3, 3, 3), strides=s, padding=1, use_bias=False,
+                    kernel_init=KERNEL_INIT, impl=self.conv_impl, name='conv1')(x)
     y = nn.relu(batch_norm(train, 'bn1')(y))
-    y = nn.Conv(self.features, (3, 3, 3), padding=1, use_bias=False, kernel_init=KERNEL_INIT,
-                name='conv2')(y)
+    y = Conv(self.features, (3, 3, 3), padding=1, use_bias=False,
+                    kernel_init=KERNEL_INIT, impl=self.conv_impl, name='conv2')(y)
     y = batch_norm(train, 'bn2')(y)
     if self.stride != 1 or x.shape[-1] != self.features:
-      x = nn.Conv(self.features, (1, 1, 1), strides=s, padding='VALID', use_bias=False,
-                  kernel_init=KERNEL_INIT, name='shortcut')(x)
+      x = Conv(self.features, (1, 1, 1), strides=s, padding='VALID', use_bias=False,
+                      kernel_init=KERNEL_INIT, impl=self.conv_impl, name='shortcut')(x)
       x = batch_norm(train, 'shortcut_bn')(x)
     return nn.relu(y + x)
 
@@ -54,17 +56,19 @@ class ResNet3DEncoder(nn.Module):
 
   base_filters: int = 16
   blocks: Sequence[int] = RESNET34_BLOCKS
+  conv_impl: str = 'auto'
 
   @nn.compact
   def __call__(self, x, train: bool) -> list[jax.Array]:
-    x = nn.Conv(self.base_filters, (7, 7, 7), padding=3, use_bias=False,
-                kernel_init=KERNEL_INIT, name='stem')(x)
+    x = Conv(self.base_filters, (7, 7, 7), padding=3, use_bias=False,
+                    kernel_init=KERNEL_INIT, impl=self.conv_impl, name='stem')(x)
     x = nn.relu(batch_norm(train, 'stem_bn')(x))
     maps = [x]
     for stage, num_blocks in enumerate(self.blocks):
       features = self.base_filters * 2 ** (stage + 1)
       for b in range(num_blocks):
-        x = BasicBlock(features, 2 if b == 0 else 1, name=f'stage{stage + 1}_block{b}')(x, train)
+        x = BasicBlock(features, 2 if b == 0 else 1, self.conv_impl,
+                       name=f'stage{stage + 1}_block{b}')(x, train)
       maps.append(x)
     return maps
 
@@ -81,13 +85,15 @@ class ResNet3D(nn.Module):
   base_filters: int = 16
   blocks: Sequence[int] = RESNET34_BLOCKS
   dropout: float = 0.5
+  conv_impl: str = 'auto'  # layers.CONV_IMPLS: 'auto' takes the fast path on CPU
 
   @nn.compact
   def __call__(self, x_BDHWC: jax.Array, train: bool = False) -> dict[str, jax.Array]:
     if len(self.blocks) != 4:
       raise ValueError(f'ResNet3D needs 4 stages of blocks (the decoder has 4 levels), '
                        f'got {self.blocks}')
-    maps = ResNet3DEncoder(self.base_filters, tuple(self.blocks), name='encoder')(x_BDHWC, train)
+    maps = ResNet3DEncoder(self.base_filters, tuple(self.blocks), self.conv_impl,
+                           name='encoder')(x_BDHWC, train)
     logits, features = VNetDecoder(self.num_classes, self.base_filters, self.dropout,
-                                   name='decoder')(maps, train)
+                                   conv_impl=self.conv_impl, name='decoder')(maps, train)
     return {'logits': logits, 'features': features}

@@ -22,6 +22,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxseg.models.layers import Conv
+
 SSL4MIS_DROPOUT = (0.05, 0.1, 0.2, 0.3, 0.5)
 
 
@@ -41,13 +43,14 @@ class ConvBlock(nn.Module):
   features: int
   dropout: float
   norm: str
+  conv_impl: str = 'auto'
 
   @nn.compact
   def __call__(self, x, train: bool):
-    x = nn.Conv(self.features, (3, 3), name='conv1')(x)
+    x = Conv(self.features, (3, 3), impl=self.conv_impl, name='conv1')(x)
     x = nn.leaky_relu(_norm(self.norm, train, 'norm1', self.features)(x), negative_slope=0.01)
     x = nn.Dropout(self.dropout, deterministic=not train)(x)
-    x = nn.Conv(self.features, (3, 3), name='conv2')(x)
+    x = Conv(self.features, (3, 3), impl=self.conv_impl, name='conv2')(x)
     return nn.leaky_relu(_norm(self.norm, train, 'norm2', self.features)(x), negative_slope=0.01)
 
 
@@ -57,6 +60,7 @@ class Encoder(nn.Module):
   channels: Sequence[int]
   dropout: Sequence[float]
   norm: str
+  conv_impl: str = 'auto'
 
   @nn.compact
   def __call__(self, x, train: bool) -> list[jax.Array]:
@@ -64,7 +68,7 @@ class Encoder(nn.Module):
     for level, (features, rate) in enumerate(zip(self.channels, self.dropout)):
       if level > 0:
         x = nn.max_pool(x, (2, 2), strides=(2, 2))
-      x = ConvBlock(features, rate, self.norm, name=f'down{level}')(x, train)
+      x = ConvBlock(features, rate, self.norm, self.conv_impl, name=f'down{level}')(x, train)
       skips.append(x)
     return skips
 
@@ -75,17 +79,20 @@ class Decoder(nn.Module):
   channels: Sequence[int]
   num_classes: int
   norm: str
+  conv_impl: str = 'auto'
 
   @nn.compact
   def __call__(self, skips: list[jax.Array], train: bool) -> tuple[jax.Array, jax.Array]:
     x = skips[-1]
     for level in reversed(range(len(self.channels) - 1)):
-      x = nn.Conv(self.channels[level], (1, 1), name=f'up{level}_reduce')(x)
+      x = Conv(self.channels[level], (1, 1), impl=self.conv_impl,
+                      name=f'up{level}_reduce')(x)
       skip = skips[level]
       x = jax.image.resize(x, (x.shape[0], *skip.shape[1:3], x.shape[-1]), 'bilinear')
       x = jnp.concatenate([skip, x], axis=-1)
-      x = ConvBlock(self.channels[level], 0.0, self.norm, name=f'up{level}')(x, train)
-    return nn.Conv(self.num_classes, (3, 3), name='classifier')(x), x
+      x = ConvBlock(self.channels[level], 0.0, self.norm, self.conv_impl, name=f'up{level}')(
+          x, train)
+    return Conv(self.num_classes, (3, 3), impl=self.conv_impl, name='classifier')(x), x
 
 
 class ProjectionHead(nn.Module):
@@ -107,11 +114,12 @@ class PixelProjectionHead(nn.Module):
 
   hidden: int
   features: int
+  conv_impl: str = 'auto'
 
   @nn.compact
   def __call__(self, x_BHWC: jax.Array) -> jax.Array:
-    x = nn.relu(nn.Conv(self.hidden, (1, 1), name='conv1')(x_BHWC))
-    x = nn.Conv(self.features, (1, 1), name='conv2')(x)
+    x = nn.relu(Conv(self.hidden, (1, 1), impl=self.conv_impl, name='conv1')(x_BHWC))
+    x = Conv(self.features, (1, 1), impl=self.conv_impl, name='conv2')(x)
     return x / jnp.sqrt(jnp.sum(x * x, axis=-1, keepdims=True) + 1e-12)
 
 
@@ -136,17 +144,18 @@ class UNet(nn.Module):
   projection_hidden: int = 256
   pixel_projection_dim: int = 0
   pixel_projection_hidden: int = 0  # 0: the decoder's width
+  conv_impl: str = 'auto'  # layers.CONV_IMPLS: 'auto' takes the fast path on CPU
 
   def setup(self):
     if len(self.dropout) != len(self.channels):
       raise ValueError(f'dropout {self.dropout} needs one rate per level {self.channels}')
-    self.encoder = Encoder(self.channels, self.dropout, self.norm)
-    self.decoder = Decoder(self.channels, self.num_classes, self.norm)
+    self.encoder = Encoder(self.channels, self.dropout, self.norm, self.conv_impl)
+    self.decoder = Decoder(self.channels, self.num_classes, self.norm, self.conv_impl)
     if self.projection_dim:
       self.head = ProjectionHead(self.projection_hidden, self.projection_dim)
     if self.pixel_projection_dim:
       self.pixel_head = PixelProjectionHead(self.pixel_projection_hidden or self.channels[0],
-                                            self.pixel_projection_dim)
+                                            self.pixel_projection_dim, self.conv_impl)
 
   def __call__(self, x_BHWC: jax.Array, train: bool = False) -> dict[str, jax.Array]:
     skips = self.encoder(x_BHWC, train)

@@ -18,6 +18,8 @@ from typing import Sequence
 import flax.linen as nn
 import jax
 
+from jaxseg.models.layers import Conv, ConvTranspose
+
 # Conv layers per encoder stage (the decoder mirrors stages 4..1: 3, 3, 2, 1).
 VNET_STAGES = (1, 2, 3, 3, 3)
 # MCF initializes every (transposed) convolution with kaiming_normal_: an untruncated normal,
@@ -41,13 +43,14 @@ class ConvStage(nn.Module):
   features: int
   layers: int
   residual: bool = False
+  conv_impl: str = 'auto'
 
   @nn.compact
   def __call__(self, x, train: bool):
     skip = x
     for i in range(self.layers):
-      x = nn.Conv(self.features, (3, 3, 3), padding=1, kernel_init=KERNEL_INIT,
-                  name=f'conv{i}')(x)
+      x = Conv(self.features, (3, 3, 3), padding=1, kernel_init=KERNEL_INIT,
+                      impl=self.conv_impl, name=f'conv{i}')(x)
       x = batch_norm(train, f'bn{i}')(x)
       if not (self.residual and i == self.layers - 1):
         x = nn.relu(x)
@@ -59,12 +62,13 @@ class Resample(nn.Module):
 
   features: int
   up: bool
+  conv_impl: str = 'auto'
 
   @nn.compact
   def __call__(self, x, train: bool):
-    layer = nn.ConvTranspose if self.up else nn.Conv
+    layer = ConvTranspose if self.up else Conv
     x = layer(self.features, (2, 2, 2), strides=(2, 2, 2), padding='VALID',
-              kernel_init=KERNEL_INIT, name='conv')(x)
+              kernel_init=KERNEL_INIT, impl=self.conv_impl, name='conv')(x)
     return nn.relu(batch_norm(train, 'bn')(x))
 
 
@@ -78,17 +82,20 @@ class VNetDecoder(nn.Module):
   base_filters: int = 16
   dropout: float = 0.5
   residual: bool = False
+  conv_impl: str = 'auto'
 
   @nn.compact
   def __call__(self, skips: Sequence[jax.Array], train: bool) -> tuple[jax.Array, jax.Array]:
     f = self.base_filters
     x = skips[4]
-    for level, layers in zip((3, 2, 1, 0), (3, 3, 2, 1)):
-      x = Resample(f * 2 ** level, up=True, name=f'up{level}')(x, train) + skips[level]
-      x = ConvStage(f * 2 ** level, layers, self.residual, name=f'dec{level}')(x, train)
+    for level, num_layers in zip((3, 2, 1, 0), (3, 3, 2, 1)):
+      x = Resample(f * 2 ** level, up=True, conv_impl=self.conv_impl, name=f'up{level}')(
+          x, train) + skips[level]
+      x = ConvStage(f * 2 ** level, num_layers, self.residual, self.conv_impl,
+                    name=f'dec{level}')(x, train)
     features = channel_dropout(self.dropout, train)(x)
-    logits = nn.Conv(self.num_classes, (1, 1, 1), kernel_init=KERNEL_INIT,
-                     name='classifier')(features)
+    logits = Conv(self.num_classes, (1, 1, 1), kernel_init=KERNEL_INIT,
+                         impl=self.conv_impl, name='classifier')(features)
     return logits, features
 
 
@@ -105,19 +112,21 @@ class VNet(nn.Module):
   base_filters: int = 16
   dropout: float = 0.5  # 0 turns dropout off (UA-MT's has_dropout=False)
   residual: bool = False
+  conv_impl: str = 'auto'  # layers.CONV_IMPLS: 'auto' takes the fast path on CPU
 
   @nn.compact
   def __call__(self, x_BDHWC: jax.Array, train: bool = False) -> dict[str, jax.Array]:
     f = self.base_filters
     x, skips = x_BDHWC, []
-    for level, layers in enumerate(VNET_STAGES):
+    for level, num_layers in enumerate(VNET_STAGES):
       if level > 0:
-        x = Resample(f * 2 ** level, up=False, name=f'down{level}')(x, train)
+        x = Resample(f * 2 ** level, up=False, conv_impl=self.conv_impl, name=f'down{level}')(
+            x, train)
       # The first stage has one conv from 1 input channel: no residual possible there.
-      x = ConvStage(f * 2 ** level, layers, self.residual and level > 0, name=f'enc{level}')(
-          x, train)
+      x = ConvStage(f * 2 ** level, num_layers, self.residual and level > 0, self.conv_impl,
+                    name=f'enc{level}')(x, train)
       skips.append(x)
     skips[4] = channel_dropout(self.dropout, train)(skips[4])
     logits, features = VNetDecoder(self.num_classes, f, self.dropout, self.residual,
-                                   name='decoder')(skips, train)
+                                   self.conv_impl, name='decoder')(skips, train)
     return {'logits': logits, 'features': features}

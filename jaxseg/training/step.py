@@ -4,6 +4,12 @@
 `jax.sharding` mesh: batches are split over the 'data' axis, the state is replicated, and the
 state is donated so its buffers are reused. Batch-norm statistics are computed by XLA over the
 global batch, so the result does not depend on the number of devices.
+
+Mixed precision (`model.dtype='bfloat16'`): every model call inside the step gets its parameters
+and input cast to the compute dtype and its outputs cast back to float32. Parameters, gradients,
+optimizer state, batch-norm statistics (flax reduces them in float32), losses and metrics stay
+float32; the cast's gradient carries the bf16 gradients back to the float32 parameters. This is
+what flax's per-layer `dtype` field does, in one place for every network and head.
 """
 
 from __future__ import annotations
@@ -43,6 +49,25 @@ def input_shape(config) -> tuple[int, ...]:
   return (1, config.data.image_size, config.data.image_size, 1)
 
 
+# Compute dtypes `model.dtype` may name. float16 is left out: without loss scaling its small
+# gradients underflow to zero.
+COMPUTE_DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
+
+
+def compute_dtype(config):
+  """The activation dtype `model.dtype` names (float32 when the key is absent)."""
+  name = config.model.get('dtype', 'float32')
+  if name not in COMPUTE_DTYPES:
+    raise ConfigError(f'model.dtype: unknown {name!r}; known: {", ".join(COMPUTE_DTYPES)}')
+  return COMPUTE_DTYPES[name]
+
+
+def cast_floats(tree, dtype):
+  """`tree` with its floating-point leaves cast to `dtype` (integer and bool leaves kept)."""
+  return jax.tree.map(
+      lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree)
+
+
 def init_state(model: nn.Module, tx: optax.GradientTransformation, config) -> TrainState:
   shape = input_shape(config)
 
@@ -73,6 +98,14 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
   needs_teacher = any(t.needs_teacher for t in terms)
   needs_labeled = any(t.needs_labeled for t in terms)
   mt = config.mean_teacher
+  dtype = compute_dtype(config)
+
+  def apply_model(params, batch_stats, x, rng, method=None):
+    """model.apply in train mode at the compute dtype; float32 outputs and batch statistics."""
+    outputs, new_vars = model.apply(
+        {'params': cast_floats(params, dtype), 'batch_stats': batch_stats}, x.astype(dtype),
+        train=True, method=method, mutable=['batch_stats'], rngs={'dropout': rng})
+    return cast_floats(outputs, jnp.float32), new_vars
 
   def train_step(state: TrainState, labeled, unlabeled):
     rng = jax.random.fold_in(state.rng, state.step)
@@ -87,10 +120,8 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
                          -mt.teacher_noise_clip, mt.teacher_noise_clip)
         teacher_in = teacher_in + noise
       # SSL4MIS leaves the teacher in train mode: batch statistics and dropout.
-      teacher_out, teacher_vars = model.apply(
-          {'params': state.teacher_params, 'batch_stats': state.teacher_batch_stats},
-          teacher_in[..., None], train=True, mutable=['batch_stats'],
-          rngs={'dropout': teacher_rng})
+      teacher_out, teacher_vars = apply_model(state.teacher_params, state.teacher_batch_stats,
+                                              teacher_in[..., None], teacher_rng)
       teacher_out = jax.lax.stop_gradient(teacher_out)
       teacher_batch_stats = teacher_vars['batch_stats']
 
@@ -100,17 +131,12 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
         + ([unlabeled['image_strong']] if needs_unlabeled else []), axis=0)
 
     def loss_fn(params):
-      outputs, new_vars = model.apply(
-          {'params': params, 'batch_stats': state.batch_stats}, images[..., None], train=True,
-          mutable=['batch_stats'], rngs={'dropout': student_rng})
+      outputs, new_vars = apply_model(params, state.batch_stats, images[..., None], student_rng)
       split = lambda tree, part: jax.tree.map(
           lambda x: x[:num_labeled] if part == 0 else x[num_labeled:], tree)
 
       def apply(x, method=None):
-        result, _ = model.apply(
-            {'params': params, 'batch_stats': state.batch_stats}, x, train=True, method=method,
-            mutable=['batch_stats'], rngs={'dropout': extra_rng})
-        return result
+        return apply_model(params, state.batch_stats, x, extra_rng, method)[0]
 
       out = objectives.StepOutputs(
           labeled=labeled, unlabeled=unlabeled,
