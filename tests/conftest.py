@@ -22,6 +22,42 @@ def acdc_dir():
   return os.path.abspath(ACDC_DIR)
 
 
+class KilledAfter:
+  """Wraps the train iterator; the (n+1)-th batch request 'kills' the run."""
+
+  def __init__(self, iterator, n):
+    self.iterator, self.n = iterator, n
+
+  def __next__(self):
+    if self.n == 0:
+      raise KeyboardInterrupt('killed')
+    self.n -= 1
+    return next(self.iterator)
+
+  def get_state(self):
+    return self.iterator.get_state()
+
+  def set_state(self, state):
+    self.iterator.set_state(state)
+
+
+def train_setup(config, num_devices: int = 1):
+  """(model, jitted step, replicated state, batch iterator, mesh) for `config`: the loop's own
+  set-up, for tests that drive the step themselves."""
+  from jaxseg.data import datasets, pipeline  # noqa: PLC0415
+  from jaxseg.models import build_model  # noqa: PLC0415
+  from jaxseg.training import schedules, step as step_lib  # noqa: PLC0415
+  data = datasets.load_data(config)
+  model = build_model(config)
+  tx = schedules.optimizer(config)
+  train_step = step_lib.make_train_step(model, tx, config)
+  mesh = step_lib.make_mesh(num_devices)
+  jitted = step_lib.jit_train_step(train_step, mesh)
+  state = step_lib.replicate(step_lib.init_state(model, tx, config), mesh)
+  batches = pipeline.make_train_iterator(data, config, train_step.needs_unlabeled)
+  return model, jitted, state, batches, mesh
+
+
 def tiny_config(experiment: str = 'smoke', **data):
   """An experiment's config shrunk to the smoke test's size (a few seconds per run)."""
   from jaxseg import config as config_lib

@@ -7,8 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import tiny_config
-from jaxseg.data import datasets, pipeline
+from conftest import tiny_config, train_setup
 from jaxseg.errors import ConfigError
 from jaxseg.models import build_model, layers
 from jaxseg.training import schedules, step as step_lib
@@ -114,14 +113,7 @@ def test_conv_impl_is_checked_and_auto_resolves_by_backend():
 
 
 def _losses(config, steps):
-  data = datasets.load_data(config)
-  model = build_model(config)
-  tx = schedules.optimizer(config)
-  train_step = step_lib.make_train_step(model, tx, config)
-  mesh = step_lib.make_mesh(1)
-  jitted = step_lib.jit_train_step(train_step, mesh)
-  state = step_lib.replicate(step_lib.init_state(model, tx, config), mesh)
-  batches = pipeline.make_train_iterator(data, config, train_step.needs_unlabeled)
+  _, jitted, state, batches, mesh = train_setup(config)
   losses = []
   for _ in range(steps):
     labeled, unlabeled = (step_lib.shard_batch(b, mesh) for b in next(batches))

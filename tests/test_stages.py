@@ -12,7 +12,7 @@ from jaxseg import config as config_lib
 from jaxseg.errors import ConfigError
 from jaxseg.training import loop, stages
 from jaxseg.training.logging import read_metrics
-from conftest import tiny_config
+from conftest import KilledAfter, tiny_config
 
 
 def two_stage_config():
@@ -105,25 +105,6 @@ def test_previous_best_needs_a_validated_stage(tmp_path):
   assert os.path.isfile(str(tmp_path / 'run' / 'stages' / '01_first' / 'results.json'))
 
 
-class _StopAfter:
-  """The train iterator of one stage; the (n+1)-th batch request stops the run as a kill would."""
-
-  def __init__(self, iterator, n):
-    self.iterator, self.n = iterator, n
-
-  def __next__(self):
-    if self.n == 0:
-      raise KeyboardInterrupt('killed')
-    self.n -= 1
-    return next(self.iterator)
-
-  def get_state(self):
-    return self.iterator.get_state()
-
-  def set_state(self, state):
-    self.iterator.set_state(state)
-
-
 def test_staged_resume_mid_stage_then_finished_untouched_then_extended(tmp_path, monkeypatch):
   from test_cli import _snapshot  # noqa: PLC0415
   config = two_stage_config()
@@ -137,7 +118,7 @@ def test_staged_resume_mid_stage_then_finished_untouched_then_extended(tmp_path,
   def stopping(*args, **kwargs):
     built.append(1)
     iterator = make_iterator(*args, **kwargs)
-    return _StopAfter(iterator, 2) if len(built) == 2 else iterator  # in the second stage
+    return KilledAfter(iterator, 2) if len(built) == 2 else iterator  # in the second stage
 
   with monkeypatch.context() as patch:
     patch.setattr(loop.pipeline, 'make_train_iterator', stopping)

@@ -13,27 +13,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import tiny_config
+from conftest import KilledAfter, tiny_config, train_setup
 from jaxseg import config as config_lib
-from jaxseg.data import datasets, pipeline
+from jaxseg.data import pipeline
 from jaxseg.errors import TrainingDiverged
 from jaxseg.models import build_model
-from jaxseg.training import loop, objectives, schedules, step as step_lib
+from jaxseg.training import loop, objectives, step as step_lib
 from jaxseg.training.logging import read_metrics
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _setup(config):
-  data = datasets.load_data(config)
-  model = build_model(config)
-  tx = schedules.optimizer(config)
-  train_step = step_lib.make_train_step(model, tx, config)
-  mesh = step_lib.make_mesh(1)
-  jitted = step_lib.jit_train_step(train_step, mesh)
-  state = step_lib.replicate(step_lib.init_state(model, tx, config), mesh)
-  batches = pipeline.make_train_iterator(data, config, train_step.needs_unlabeled)
-  return model, jitted, state, batches, mesh
 
 
 def test_model_outputs_and_pure_apply():
@@ -78,7 +66,7 @@ def test_step_compiles_once_learns_and_updates_teacher_by_ema():
   with config.unlocked():
     config.ema.update(rule='fixed', decay=0.9)
     config.optimizer.update(name='adam', lr=3e-3, schedule='constant', weight_decay=0.0)
-  _, jitted, state, batches, mesh = _setup(config)
+  _, jitted, state, batches, mesh = train_setup(config)
   labeled, unlabeled = (step_lib.shard_batch(b, mesh) for b in next(batches))
   losses = []
   for _ in range(12):  # the same batch: the loss must fall
@@ -98,7 +86,7 @@ def test_consistency_switches_on_at_start_step_without_recompiling():
   config = tiny_config('smoke')
   with config.unlocked():
     config.mean_teacher.update(start_step=3, rampup_length=0)
-  _, jitted, state, batches, mesh = _setup(config)
+  _, jitted, state, batches, mesh = train_setup(config)
   weights = []
   for _ in range(5):
     labeled, unlabeled = (step_lib.shard_batch(b, mesh) for b in next(batches))
@@ -110,7 +98,7 @@ def test_consistency_switches_on_at_start_step_without_recompiling():
 
 def test_supervised_step_ignores_unlabeled_stream():
   config = tiny_config('acdc_supervised')
-  _, jitted, state, batches, mesh = _setup(config)
+  _, jitted, state, batches, mesh = train_setup(config)
   labeled, unlabeled = next(batches)
   assert unlabeled is None
   state, metrics = jitted(state, step_lib.shard_batch(labeled, mesh), None)
@@ -153,25 +141,6 @@ def test_every_experiment_runs_at_tiny_size(experiments, tmp_path):
   assert (tmp_path / 'run' / 'results.md').exists()
 
 
-class _KilledAfter:
-  """Wraps the train iterator; the (n+1)-th batch request 'kills' the run."""
-
-  def __init__(self, iterator, n):
-    self.iterator, self.n = iterator, n
-
-  def __next__(self):
-    if self.n == 0:
-      raise KeyboardInterrupt('killed')
-    self.n -= 1
-    return next(self.iterator)
-
-  def get_state(self):
-    return self.iterator.get_state()
-
-  def set_state(self, state):
-    self.iterator.set_state(state)
-
-
 def test_resume_gives_the_same_next_losses(tmp_path, monkeypatch):
   config = tiny_config('smoke')
   with config.unlocked():
@@ -184,7 +153,7 @@ def test_resume_gives_the_same_next_losses(tmp_path, monkeypatch):
   make_iterator = pipeline.make_train_iterator
   with monkeypatch.context() as patch:
     patch.setattr(pipeline, 'make_train_iterator',
-                  lambda *a, **k: _KilledAfter(make_iterator(*a, **k), 4))
+                  lambda *a, **k: KilledAfter(make_iterator(*a, **k), 4))
     with pytest.raises(KeyboardInterrupt):  # killed during step 5, after the checkpoint at 3
       loop.train_and_evaluate(config, str(tmp_path / 'resumed'), progress=False)
   results = loop.train_and_evaluate(config, str(tmp_path / 'resumed'), resume=True,
@@ -267,24 +236,15 @@ MULTI_DEVICE_SCRIPT = textwrap.dedent('''
     import json, sys
     sys.path.insert(0, {tests!r})
     import jax, numpy as np
-    from conftest import tiny_config
-    from jaxseg.data import datasets, pipeline
-    from jaxseg.models import build_model
-    from jaxseg.training import schedules, step as step_lib
+    from conftest import tiny_config, train_setup
+    from jaxseg.training import step as step_lib
     assert jax.device_count() == 8, jax.devices()
     config = tiny_config('smoke')
     with config.unlocked():
       config.data.update(labeled_batch=8, unlabeled_batch=8)
-    data = datasets.load_data(config)
     losses = {{}}
     for n in (1, 8):
-      model = build_model(config)
-      tx = schedules.optimizer(config)
-      mesh = step_lib.make_mesh(n)
-      train_step = step_lib.make_train_step(model, tx, config)
-      jitted = step_lib.jit_train_step(train_step, mesh)
-      state = step_lib.replicate(step_lib.init_state(model, tx, config), mesh)
-      batches = pipeline.make_train_iterator(data, config, True)
+      _, jitted, state, batches, mesh = train_setup(config, n)
       losses[n] = []
       for _ in range(4):
         labeled, unlabeled = next(batches)
@@ -316,7 +276,7 @@ def test_plgcl_switches_on_after_warmup_without_recompiling(embedding, assign):
     config.plgcl.update(warmup_steps=2, patch=8, num_pos=3, embedding=embedding, assign=assign,
                         patches_per_class=8, detach_keys=assign == 'per_class')
     config.model.projection_dim = 16
-  _, jitted, state, batches, mesh = _setup(config)
+  _, jitted, state, batches, mesh = train_setup(config)
   weights, losses = [], []
   for _ in range(4):
     labeled, unlabeled = (step_lib.shard_batch(b, mesh) for b in next(batches))

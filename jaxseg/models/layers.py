@@ -187,40 +187,24 @@ class Conv(nn.Module):
   bias_init: nn.initializers.Initializer = nn.initializers.zeros_init()
   impl: str = 'auto'
 
+  def apply_kernel(self, x, kernel, strides):
+    return conv(x, kernel, strides, self.padding, self.impl)
+
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
+    # Parameters named, shaped and initialized as flax's: checkpoints work with either module.
     kernel_size = tuple(self.kernel_size)
     kernel = self.param('kernel', self.kernel_init, (*kernel_size, x.shape[-1], self.features),
                         self.param_dtype)
     bias = (self.param('bias', self.bias_init, (self.features,), self.param_dtype)
             if self.use_bias else None)
     x, kernel, bias = promote_dtype(x, kernel, bias, dtype=self.dtype)
-    y = conv(x, kernel, _tuple(self.strides, len(kernel_size)), self.padding, self.impl)
+    y = self.apply_kernel(x, kernel, _tuple(self.strides, len(kernel_size)))
     return y if bias is None else y + bias
 
 
-class ConvTranspose(nn.Module):
+class ConvTranspose(Conv):
   """`nn.ConvTranspose` (channels-last, kernel not transposed) computed by `conv_transpose`."""
 
-  features: int
-  kernel_size: Sequence[int]
-  strides: int | Sequence[int] = 1
-  padding: str | int | Sequence = 'SAME'
-  use_bias: bool = True
-  dtype: jnp.dtype | None = None
-  param_dtype: jnp.dtype = jnp.float32
-  kernel_init: nn.initializers.Initializer = nn.initializers.lecun_normal()
-  bias_init: nn.initializers.Initializer = nn.initializers.zeros_init()
-  impl: str = 'auto'
-
-  @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
-    kernel_size = tuple(self.kernel_size)
-    kernel = self.param('kernel', self.kernel_init, (*kernel_size, x.shape[-1], self.features),
-                        self.param_dtype)
-    bias = (self.param('bias', self.bias_init, (self.features,), self.param_dtype)
-            if self.use_bias else None)
-    x, kernel, bias = promote_dtype(x, kernel, bias, dtype=self.dtype)
-    y = conv_transpose(x, kernel, _tuple(self.strides, len(kernel_size)), self.padding,
-                       self.impl)
-    return y if bias is None else y + bias
+  def apply_kernel(self, x, kernel, strides):
+    return conv_transpose(x, kernel, strides, self.padding, self.impl)

@@ -24,7 +24,7 @@ import json
 import os
 import sys
 import threading
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import jax
 import numpy as np
