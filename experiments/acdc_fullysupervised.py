@@ -7,8 +7,8 @@ SSL4MIS reports about 0.91 mean Dice on the ACDC test set. Without --data-dir: a
 volumes labeled, 1,000 steps on the CPU profile.
 
 Quick profile (`--profile quick`, real data): the protocol reduced to the budget every 2D ACDC
-method shares (jaxseg.config.quick_profile: 800 steps at 128x128, 6 labeled + 6 unlabeled
-images per step, validation every 100 steps), every step-counted schedule multiplied by
+method shares (jaxseg.config.quick_profile: QUICK_STEPS = 1,500 steps at 128x128, 6 labeled +
+6 unlabeled images per step, validation every 100 steps), every step-counted schedule multiplied by
 budget / paper budget (jaxseg.config.scale_schedules).
 """
 

@@ -8,8 +8,8 @@ report Dice on Hippocampus/MMWHS only (Table 1: global+local(block) 0.824/0.849/
 the comparison is with acdc_supervised at the same budget (BUILD_NOTES.md). Without --data-dir:
 the synthetic phantom, 150 + 150 + 700 steps.
 Quick profile (`--profile quick`, real data): the budget every 2D ACDC method shares
-(jaxseg.config.quick_profile: 800 steps at 128x128, 6 + 6 images per step, validation every 100
-steps); the three stages keep their proportions (276 + 331 + 193 steps), blocks and strides
+(jaxseg.config.quick_profile: 1,500 steps at 128x128, 6 + 6 images per step, validation every
+100 steps); the three stages keep their proportions (517 + 621 + 362 steps), blocks and strides
 follow the image size (8-pixel blocks, stride 2).
 """
 

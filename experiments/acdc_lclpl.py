@@ -18,10 +18,10 @@ acdc_supervised at the same budget (BUILD_NOTES.md). Without --data-dir: the syn
 400 + 3 x 200 steps.
 
 Quick profile (`--profile quick`, real data): the protocol reduced to the budget every 2D ACDC
-method shares (jaxseg.config.quick_profile: 800 steps at 128x128, 6 labeled + 6 unlabeled
-images per step, validation every 100 steps), every step-counted schedule multiplied by
+method shares (jaxseg.config.quick_profile: QUICK_STEPS = 1,500 steps at 128x128, 6 labeled +
+6 unlabeled images per step, validation every 100 steps), every step-counted schedule multiplied by
 budget / paper budget (jaxseg.config.scale_schedules): the four stages keep their
-proportions (200 steps each).
+proportions (375 steps each).
 """
 
 import ml_collections

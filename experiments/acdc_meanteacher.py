@@ -10,8 +10,8 @@ set at 7 labeled patients. Without --data-dir: the synthetic phantom, 4 of 40 vo
 1,000 steps with every schedule scaled by 1000/30000.
 
 Quick profile (`--profile quick`, real data): the protocol reduced to the budget every 2D ACDC
-method shares (jaxseg.config.quick_profile: 800 steps at 128x128, 6 labeled + 6 unlabeled
-images per step, validation every 100 steps), every step-counted schedule multiplied by
+method shares (jaxseg.config.quick_profile: QUICK_STEPS = 1,500 steps at 128x128, 6 labeled +
+6 unlabeled images per step, validation every 100 steps), every step-counted schedule multiplied by
 budget / paper budget (jaxseg.config.scale_schedules): the consistency ramp
 and start, and the EMA horizon (at least 20 steps).
 """

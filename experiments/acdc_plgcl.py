@@ -33,10 +33,10 @@ plgcl.embedding=regions (pooled encoder features, cheaper; with assign=dominant 
 plgcl.zeta, plgcl.pseudo_label.
 
 Quick profile (`--profile quick`, real data): the protocol reduced to the budget every 2D ACDC
-method shares (jaxseg.config.quick_profile: 800 steps at 128x128, 6 labeled + 6 unlabeled
-images per step, validation every 100 steps), every step-counted schedule multiplied by
+method shares (jaxseg.config.quick_profile: QUICK_STEPS = 1,500 steps at 128x128, 6 labeled +
+6 unlabeled images per step, validation every 100 steps), every step-counted schedule multiplied by
 budget / paper budget (jaxseg.config.scale_schedules): the 50-epoch warm-up becomes
-7,350 x 800 / 30,000 = 196 steps, the EMA horizon 1,000 steps becomes 27 (alpha 0.963); the
+7,350 x 1,500 / 30,000 = 367 steps, the EMA horizon 1,000 steps becomes 50 (alpha 0.98); the
 patches are 16 pixels (the same 8x8 grid).
 """
 

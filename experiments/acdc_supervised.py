@@ -9,8 +9,8 @@ Without --data-dir: the synthetic phantom with 4 of 40 volumes labeled, 1,000 st
 2 CPU cores); record of what it gives in BUILD_NOTES.md.
 
 Quick profile (`--profile quick`, real data): the protocol reduced to the budget every 2D ACDC
-method shares (jaxseg.config.quick_profile: 800 steps at 128x128, 6 labeled + 6 unlabeled
-images per step, validation every 100 steps), every step-counted schedule multiplied by
+method shares (jaxseg.config.quick_profile: QUICK_STEPS = 1,500 steps at 128x128, 6 labeled +
+6 unlabeled images per step, validation every 100 steps), every step-counted schedule multiplied by
 budget / paper budget (jaxseg.config.scale_schedules).
 """
 

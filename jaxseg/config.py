@@ -448,7 +448,7 @@ def cpu_profile(config: ml_collections.ConfigDict, steps: int = 1000) -> ml_coll
 
 # The reduced real-data protocol (`--profile quick`), one budget for every 2D ACDC method so that
 # their ranking can be measured on a CPU (BUILD_NOTES.md, "A quick real-data protocol").
-QUICK_STEPS = 800
+QUICK_STEPS = 1500
 QUICK_IMAGE_SIZE = 128
 QUICK_BATCH = 6  # labeled and unlabeled images per step, each
 QUICK_EVAL_EVERY = 100
