@@ -1,6 +1,7 @@
 """Several processes, one run (`jax.distributed`): two CPU processes on localhost with the gloo
 collectives, two host devices each, train exactly as one process with four devices; the run
-resumes on two processes and refuses one; a failure in one process stops the other.
+resumes on two processes (after a copy cut at a checkpoint, and after a real SIGKILL of both
+mid-run) and refuses one; a failure in one process stops the other.
 
 Every launch is `python -m jaxseg.run` in subprocesses with a timeout, killed if a test fails.
 """
@@ -11,6 +12,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import time
 
 import jax
 import numpy as np
@@ -183,3 +185,29 @@ def test_a_run_saved_before_per_process_positions_still_resumes(tmp_path):
   restored_state, data, meta = checkpoint.Checkpoints(str(tmp_path)).restore('latest', state)
   assert data == {'labeled': {'next': 12}} and meta == {'step': 3}
   np.testing.assert_array_equal(restored_state['w'], state['w'])
+
+
+def test_two_processes_killed_mid_run_resume_to_the_uninterrupted_losses(tmp_path):
+  # Validation at every step (process 0) widens the window between the checkpoint at 3 and the
+  # end, so the kill lands mid-run; validation does not change the training losses.
+  longer = ['--steps', '12', '--set', 'checkpoint.every=3']
+  reference = _start(tmp_path / 'reference', 1, 4, *longer)
+  killed = tmp_path / 'killed'
+  running = _start(killed, 2, 2, *longer, '--set', 'eval.every=1')
+  try:
+    deadline = time.time() + TIMEOUT
+    while not (killed / 'checkpoints' / 'latest' / '3').is_dir():
+      assert all(p.poll() is None for p in running), [p.communicate()[1][-2000:] for p in running]
+      assert time.time() < deadline, 'no checkpoint at step 3 in time'
+      time.sleep(0.05)
+  finally:
+    for p in running:
+      p.kill()
+      p.wait()
+  assert not (killed / 'results.json').exists(), 'the kill came after the run ended'
+  for code, err in _wait(reference) + _launch(killed, 2, 2, '--resume'):
+    assert code == 0, err[-3000:]
+  steps, losses = _train_losses(killed)
+  assert steps == list(range(1, 13))  # the steps after the restored checkpoint once
+  np.testing.assert_allclose(losses, _train_losses(tmp_path / 'reference')[1], rtol=2e-5,
+                             atol=1e-7)
