@@ -156,9 +156,13 @@ def test_resume_gives_the_same_next_losses(tmp_path, monkeypatch):
                   lambda *a, **k: KilledAfter(make_iterator(*a, **k), 4))
     with pytest.raises(KeyboardInterrupt):  # killed during step 5, after the checkpoint at 3
       loop.train_and_evaluate(config, str(tmp_path / 'resumed'), progress=False)
+  with open(tmp_path / 'resumed' / 'checkpoints' / 'latest' / '3' / 'meta' / 'metadata') as f:
+    wall_at_3 = json.load(f)['wall_seconds']
   results = loop.train_and_evaluate(config, str(tmp_path / 'resumed'), resume=True,
                                     progress=False)
   assert results['resumed_from'] == 3
+  # The run's training time counts the sitting before the kill (up to its checkpoint) too.
+  assert 0 < wall_at_3 < results['train_wall_seconds']
   resumed = {m['step']: m['loss'] for m in read_metrics(str(tmp_path / 'resumed'))
              if m['split'] == 'train'}
   assert sorted(resumed) == sorted(straight) == [1, 2, 3, 4, 5, 6]

@@ -203,6 +203,9 @@ def train_stage(config, data, workdir: str, *, resume: bool, progress: bool,
   ckpts = checkpoint.Checkpoints(workdir, keep=config.checkpoint.keep)
   best = {'dice': -math.inf, 'step': 0}
   saved = None  # (step, loss) of the latest checkpoint, for a divergence message
+  # Training time before this process: a run resumed over several sittings reports the time it
+  # took to reach its end (work redone after a kill is counted once).
+  wall_before = 0.0
   if resume and ckpts.latest_step() is None:
     # Killed before its first checkpoint was on disk (or during that write): nothing to lose.
     print(f'{workdir}: no checkpoint was saved before the run stopped; starting again from '
@@ -213,6 +216,7 @@ def train_stage(config, data, workdir: str, *, resume: bool, progress: bool,
     batches.set_state(data_state)
     best = meta['best']
     saved = (int(meta['step']), meta.get('loss'))
+    wall_before = float(meta.get('wall_seconds', 0.0))
     print(f'resumed from step {int(state.step)} of {config.steps}', flush=True)
   # Forget logs written past the restored checkpoint (or past the start of a stage begun anew).
   main = distributed.is_main()
@@ -271,12 +275,13 @@ def train_stage(config, data, workdir: str, *, resume: bool, progress: bool,
           ckpts.save('best', step, state, None, {'step': step, 'best': best, 'loss': loss})
       if save:
         ckpts.save('latest', step, state, batches.get_state(),
-                   {'step': step, 'best': best, 'loss': loss})
+                   {'step': step, 'best': best, 'loss': loss,
+                    'wall_seconds': wall_before + time.time() - t0})
         saved = (step, loss)
   finally:
     bar.close()
     writer.close()
-  wall = time.time() - t0
+  wall = wall_before + time.time() - t0
 
   results = (final_report(model, ckpts, state, data, config, workdir, progress, best_val)
              if evaluate else {'best_step': None, 'splits': {}})
