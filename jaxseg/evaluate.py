@@ -36,7 +36,8 @@ def main(argv=None) -> int:
     from jaxseg.data import datasets
     from jaxseg.evaluation import metrics
     from jaxseg.models import build_model
-    from jaxseg.training import checkpoint, loop, schedules, step as step_lib
+    from jaxseg.evaluation.inference import evaluate_split, make_logits_fn
+    from jaxseg.training import checkpoint, rundir, schedules, step as step_lib
 
     data = datasets.load_data(config)
     if args.split not in data.splits:
@@ -46,7 +47,7 @@ def main(argv=None) -> int:
     ckpts = checkpoint.Checkpoints.of_finished_run(args.workdir)
     state, _, meta = ckpts.restore(args.checkpoint, template)
     volumes = data.splits[args.split]
-    per_volume, summary = loop.evaluate_split(loop.make_logits_fn(model)(state), volumes, config,
+    per_volume, summary = evaluate_split(make_logits_fn(model)(state), volumes, config,
                                               progress=not args.no_progress)
     table = metrics.format_table(summary, config.class_names, units=config.eval.units)
     text = (f'# {config.experiment}: {args.checkpoint} checkpoint (step {meta["step"]}), '
@@ -56,7 +57,7 @@ def main(argv=None) -> int:
       f.write(text)
     with open(os.path.join(args.workdir, f'eval_{args.split}.json'), 'w') as f:
       json.dump({'step': meta['step'], 'summary': summary, 'per_volume': per_volume}, f,
-                indent=2, default=loop.jsonable)
+                indent=2, default=rundir.jsonable)
     ckpts.close()
   except JaxsegError as e:
     print(f'error: {e}', file=sys.stderr)

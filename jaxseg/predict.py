@@ -131,7 +131,8 @@ def load_run(workdir: str, checkpoint: str = 'best') -> LoadedRun:
   # Imports JAX: after the cheap checks.
   from jaxseg.models import build_model  # noqa: PLC0415
   from jaxseg.training import checkpoint as checkpoint_lib  # noqa: PLC0415
-  from jaxseg.training import loop, schedules, step as step_lib  # noqa: PLC0415
+  from jaxseg.evaluation.inference import make_logits_fn  # noqa: PLC0415
+  from jaxseg.training import schedules, step as step_lib  # noqa: PLC0415
   model = build_model(config)
   template = step_lib.abstract_state(model, schedules.optimizer(config), config)
   ckpts = checkpoint_lib.Checkpoints.of_finished_run(workdir)
@@ -141,7 +142,7 @@ def load_run(workdir: str, checkpoint: str = 'best') -> LoadedRun:
   finally:
     ckpts.close()
   variables = {'params': state.params, 'batch_stats': state.batch_stats}
-  return LoadedRun(config, model, variables, int(meta['step']), loop.make_logits_fn(model)(state))
+  return LoadedRun(config, model, variables, int(meta['step']), make_logits_fn(model)(state))
 
 
 def run_layout(config) -> str:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Callable, Iterable, Sequence
 
+import jax
 import numpy as np
 import tqdm
 
@@ -113,3 +114,17 @@ def evaluate_volumes(predict_fn: Callable[[np.ndarray], np.ndarray], volumes: Se
     result['name'] = volume.name
     per_volume.append(result)
   return per_volume, metrics.summarize(per_volume)
+
+
+def make_logits_fn(model):
+  """Evaluation forward pass: running batch statistics, no dropout."""
+  apply = jax.jit(lambda variables, x: model.apply(variables, x, train=False)['logits'])
+  return lambda state: (lambda x: apply(
+      {'params': state.params, 'batch_stats': state.batch_stats}, x))
+
+
+def evaluate_split(logits_fn, volumes, config, progress: bool = True):
+  return evaluate_volumes(
+      lambda image: predict(logits_fn, image, config), volumes,
+      num_classes=config.num_classes, units=config.eval.units, empty=config.eval.empty,
+      progress=progress)

@@ -29,7 +29,7 @@ import jax.numpy as jnp
 
 from jaxseg.errors import ConfigError
 from jaxseg.losses import dualstream as ds
-from jaxseg.training.objectives import register
+from jaxseg.training.terms import register
 
 PSEUDO_LABELS = ('lower_loss', 'union')
 UNLABELED_TARGETS = ('both', 'other')

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 from jaxseg.errors import ConfigError
 from jaxseg.losses import global_contrast as global_loss
 from jaxseg.losses import pixel_contrast
-from jaxseg.training.objectives import register
+from jaxseg.training.terms import register
 
 # How the N x N pixel similarity is made affordable (Hu §2.3), all over both views together:
 #   stride   every s-th pixel in both axes, then the exact loss over those pixels;

@@ -24,7 +24,7 @@ import jax.numpy as jnp
 from jaxseg.errors import ConfigError
 from jaxseg.losses import pixel_contrast
 from jaxseg.methods.hu import view_embeddings
-from jaxseg.training.objectives import register
+from jaxseg.training.terms import register
 
 FORMS = ('authors', 'pixel')
 

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 
 from jaxseg.errors import ConfigError
 from jaxseg.losses import plgcl as plgcl_loss
-from jaxseg.training.objectives import register
+from jaxseg.training.terms import register
 
 EMBEDDINGS = ('patches', 'regions')
 PSEUDO_LABELS = ('student', 'teacher')

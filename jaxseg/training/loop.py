@@ -25,25 +25,14 @@ import tqdm
 from jaxseg import config as config_lib
 from jaxseg.data import datasets, pipeline
 from jaxseg.errors import ConfigError, JaxsegError, TrainingDiverged
-from jaxseg.evaluation import inference, metrics as metrics_lib
+from jaxseg.evaluation import metrics as metrics_lib
+# Re-exported: evaluation and stages reach them here as loop.make_logits_fn etc. before.
+from jaxseg.evaluation.inference import evaluate_split, make_logits_fn  # noqa: F401
 from jaxseg.models import build_model
 from jaxseg.training import (checkpoint, distributed, objectives, prefetch, rundir, schedules,
-                             step as step_lib)
+                             stages, step as step_lib)
+from jaxseg.training.rundir import jsonable  # noqa: F401 (the results' JSON encoder, as before)
 from jaxseg.training.logging import MetricsWriter, NullWriter
-
-
-def make_logits_fn(model):
-  """Evaluation forward pass: running batch statistics, no dropout."""
-  apply = jax.jit(lambda variables, x: model.apply(variables, x, train=False)['logits'])
-  return lambda state: (lambda x: apply(
-      {'params': state.params, 'batch_stats': state.batch_stats}, x))
-
-
-def evaluate_split(logits_fn, volumes, config, progress: bool = True):
-  return inference.evaluate_volumes(
-      lambda image: inference.predict(logits_fn, image, config), volumes,
-      num_classes=config.num_classes, units=config.eval.units, empty=config.eval.empty,
-      progress=progress)
 
 
 def _truncate_metrics(workdir: str, last_step: int) -> None:
@@ -111,8 +100,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, resum
           if main and (not resume or extended):
             rundir.write_text(os.path.join(workdir, 'config.json'), config_lib.to_json(config))
           if config.stage_order:
-            from jaxseg.training import stages  # noqa: PLC0415 (stages imports this module)
-            results = stages.run_stages(config, data, workdir, resume, progress)
+            results = stages.run_stages(config, data, workdir, resume, progress, train_stage)
           else:
             results = train_stage(config, data, workdir, resume=resume, progress=progress)
       except JaxsegError as e:
@@ -348,11 +336,3 @@ def _evaluate_best(model, best_state, meta, data, config, workdir, progress, bes
   with open(os.path.join(workdir, 'results.md'), 'w') as f:
     f.write(text + '\n')
   return results
-
-
-def jsonable(obj):
-  if isinstance(obj, np.ndarray):
-    return [None if (isinstance(v, float) and math.isnan(v)) else v for v in obj.tolist()]
-  if isinstance(obj, (np.floating, np.integer)):
-    return obj.item()
-  raise TypeError(f'not JSON serializable: {type(obj)}')

@@ -20,8 +20,11 @@ import contextlib
 import errno
 import fcntl
 import json
+import math
 import os
 from typing import Any
+
+import numpy as np
 
 from jaxseg.errors import ConfigError, RunInUse, StorageError
 
@@ -187,3 +190,12 @@ def finished_results(workdir: str, total_steps: int) -> dict[str, Any] | None:
   except (OSError, ValueError):
     return None
   return results if results.get('steps', -1) >= total_steps else None
+
+
+def jsonable(obj):
+  """`json.dump`'s `default` for results: arrays as lists (NaN as null), NumPy scalars."""
+  if isinstance(obj, np.ndarray):
+    return [None if (isinstance(v, float) and math.isnan(v)) else v for v in obj.tolist()]
+  if isinstance(obj, (np.floating, np.integer)):
+    return obj.item()
+  raise TypeError(f'not JSON serializable: {type(obj)}')

@@ -36,7 +36,8 @@ from jaxseg.data.sources import PseudoLabeledSource
 from jaxseg.errors import ConfigError, DataError
 from jaxseg.evaluation import inference
 from jaxseg.models import build_model
-from jaxseg.training import checkpoint, loop, rundir, schedules, step as step_lib
+from jaxseg.evaluation.inference import make_logits_fn
+from jaxseg.training import checkpoint, rundir, schedules, step as step_lib
 
 INITS = ('previous', 'previous_best')
 
@@ -47,7 +48,10 @@ def stage_dirs(config, workdir: str) -> list[str]:
           enumerate(order[:-1])] + [workdir]
 
 
-def run_stages(config, data, workdir: str, resume: bool, progress: bool) -> dict[str, Any]:
+def run_stages(config, data, workdir: str, resume: bool, progress: bool,
+               train_stage) -> dict[str, Any]:
+  """Trains the stages in order; `train_stage` is the loop's (passed in: the loop imports this
+  module)."""
   names = list(config.stage_order)
   configs = [config_lib.stage_config(config, name) for name in names]
   for name, stage in zip(names, configs):
@@ -83,7 +87,7 @@ def run_stages(config, data, workdir: str, resume: bool, progress: bool) -> dict
         init_variables = restore_variables(*previous, kind)
       if stage.stage.pseudo_labels:
         stage_data = with_pseudo_labels(data, stage, *previous, stage_dir, progress)
-    results = loop.train_stage(stage, stage_data, stage_dir, resume=started, progress=progress,
+    results = train_stage(stage, stage_data, stage_dir, resume=started, progress=progress,
                                log_dir=workdir, step_offset=bounds['start_step'],
                                init_variables=init_variables)
   if results is None:  # every stage was already done
@@ -101,7 +105,7 @@ def run_stages(config, data, workdir: str, resume: bool, progress: bool) -> dict
   results['stage_wall_seconds'] = walls
   results['train_wall_seconds'] = sum(walls)
   results['steps'] = boundaries[-1]['end_step']
-  rundir.write_json(os.path.join(workdir, 'results.json'), results, default=loop.jsonable)
+  rundir.write_json(os.path.join(workdir, 'results.json'), results, default=rundir.jsonable)
   return results
 
 
@@ -145,7 +149,7 @@ def with_pseudo_labels(data, stage, previous_config, previous_dir: str, stage_di
   else:
     has_best = checkpoint.Checkpoints(previous_dir, create=False).latest_step('best') is not None
     model, state = restore_state(previous_config, previous_dir, 'best' if has_best else 'latest')
-    logits_fn = loop.make_logits_fn(model)(state)
+    logits_fn = make_logits_fn(model)(state)
     images = (data.unlabeled[i]['image'] for i in range(len(data.unlabeled)))
     e = stage.eval
     labels = inference.predict_slices(
