@@ -24,12 +24,12 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from test_cli import _call, _error_line, _snapshot, _train
+from test_run import _call, _error_line, _snapshot, _train
 from jaxseg import evaluate, predict
 from jaxseg.training import checkpoint, rundir
 from jaxseg.training.logging import read_metrics
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+REPO = pathlib.Path(__file__).resolve().parents[2]
 STEPS = 30
 # The smoke experiment (32 px, 3-level U-Net), checkpoints every 3 steps, one validation at the end.
 RUN = ['--steps', STEPS, '--no-progress', '--set', 'checkpoint.every=3', '--set', 'eval.every=100',

@@ -18,7 +18,7 @@ import jax
 import numpy as np
 import pytest
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TIMEOUT = 240  # a hang fails the test instead of the CI job
 # The smoke experiment with a global batch of 4 (divisible by the 4 devices), 6 steps,
 # checkpoints at 3 and 6.

@@ -106,7 +106,7 @@ def test_previous_best_needs_a_validated_stage(tmp_path):
 
 
 def test_staged_resume_mid_stage_then_finished_untouched_then_extended(tmp_path, monkeypatch):
-  from test_cli import _snapshot  # noqa: PLC0415
+  from test_run import _snapshot  # noqa: PLC0415
   config = two_stage_config()
   with config.unlocked():
     config.stages.second.steps = 3
