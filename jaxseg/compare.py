@@ -11,7 +11,6 @@ Printed as Markdown and saved as `<output>.md` and `<output>.csv`.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import dataclasses
 import io
@@ -21,8 +20,9 @@ import sys
 
 import numpy as np
 
+from jaxseg import cli
 from jaxseg import config as config_lib
-from jaxseg.errors import DataError, JaxsegError
+from jaxseg.errors import DataError, JaxsegError, StorageError
 
 METRICS = (('dice', 'DSC (%)', 100.0, 2), ('jaccard', 'Jaccard (%)', 100.0, 2),
            ('hd95', 'HD95', 1.0, 2), ('asd', 'ASD', 1.0, 2))
@@ -217,46 +217,44 @@ def format_csv(rows: list[dict], class_names: list[str]) -> str:
   return out.getvalue()
 
 
-def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(prog='python -m jaxseg.compare',
-                                   description=__doc__.split('\n')[0])
+@cli.command
+def main(argv: list[str]) -> int:
+  parser = cli.parser('jaxseg.compare', __doc__)
   parser.add_argument('runs', nargs='+', metavar='RUN_DIR', help='finished run directories')
   parser.add_argument('--split', help='split to compare (default: test where every run has it, '
                       'else val)')
   parser.add_argument('--output', default='comparison',
                       help='writes OUTPUT.md and OUTPUT.csv (default: ./comparison)')
-  args = parser.parse_args(sys.argv[1:] if argv is None else argv)
-  try:
-    split = args.split
-    if split is None:
-      has_test = []
-      for workdir in args.runs:
-        try:
-          has_test.append(read_run(workdir, None).split == 'test')
-        except JaxsegError:
-          has_test.append(True)  # reported below
-      split = 'test' if all(has_test) else 'val'
-    runs = []
+  args = parser.parse_args(argv)
+  split = args.split
+  if split is None:
+    has_test = []
     for workdir in args.runs:
       try:
-        runs.append(read_run(workdir, split))
-      except JaxsegError as e:
-        print(f'skipped: {e}', file=sys.stderr)
-    if not runs:
-      raise DataError(f'no finished run among {len(args.runs)} given (reasons above)')
-    rows, class_names = table_rows(runs)
-    markdown = format_markdown(rows, class_names)
-    print(markdown)
-    folder = os.path.dirname(os.path.abspath(args.output))
-    os.makedirs(folder, exist_ok=True)
+        has_test.append(read_run(workdir, None).split == 'test')
+      except JaxsegError:
+        has_test.append(True)  # reported below
+    split = 'test' if all(has_test) else 'val'
+  runs = []
+  for workdir in args.runs:
+    try:
+      runs.append(read_run(workdir, split))
+    except JaxsegError as e:
+      print(f'skipped: {e}', file=sys.stderr)
+  if not runs:
+    raise DataError(f'no finished run among {len(args.runs)} given (reasons above)')
+  rows, class_names = table_rows(runs)
+  markdown = format_markdown(rows, class_names)
+  print(markdown)
+  try:
+    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
     with open(args.output + '.md', 'w') as f:
       f.write(markdown + '\n')
     with open(args.output + '.csv', 'w') as f:
       f.write(format_csv(rows, class_names))
-    print(f'\nsaved {args.output}.md and {args.output}.csv')
-  except (JaxsegError, OSError) as e:
-    print(f'error: {e}', file=sys.stderr)
-    return 2
+  except OSError as e:
+    raise StorageError(f'{args.output}: cannot write the tables ({e})') from None
+  print(f'\nsaved {args.output}.md and {args.output}.csv')
   return 0
 
 

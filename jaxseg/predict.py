@@ -16,7 +16,6 @@ itself as `<name>_image.nii.gz` so that the two overlay in a viewer.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import fnmatch
 import os
@@ -25,11 +24,15 @@ from typing import Callable
 
 import numpy as np
 
-from jaxseg import config as config_lib
+import nibabel as nib
+import tqdm
+
+from jaxseg import cli
 from jaxseg.errors import DataError, JaxsegError
+from jaxseg.evaluation import inference
+from jaxseg.training import distributed, runs
 
 INPUT_EXTS = ('.nii.gz', '.nii', '.h5')
-CHECKPOINTS = ('best', 'last', 'latest')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,56 +96,7 @@ CONVENTIONS: dict[str, Convention] = {
 DEFAULT_CONVENTION = Convention((2, 1, 0), minmax)
 
 
-# --- the run ------------------------------------------------------------------------------
-
-
-@dataclasses.dataclass
-class LoadedRun:
-  """A run's config, model and restored variables; `logits_fn` is the evaluation forward pass."""
-
-  config: object
-  model: object
-  variables: dict
-  step: int
-  logits_fn: Callable[[np.ndarray], np.ndarray]
-
-
-def _checkpoint_kind_and_step(ckpts, checkpoint: str, workdir: str) -> tuple[str, int | None]:
-  if checkpoint == 'best':
-    return 'best', None
-  if checkpoint in ('last', 'latest'):
-    return 'latest', None
-  try:
-    step = int(checkpoint)
-  except ValueError:
-    raise JaxsegError(f'--checkpoint {checkpoint!r}: expected best, last or a step '
-                      'number') from None
-  for kind in ('latest', 'best'):
-    if step in getattr(ckpts, kind).all_steps():
-      return kind, step
-  saved = sorted(set(ckpts.latest.all_steps()) | set(ckpts.best.all_steps()))
-  raise DataError(f'{os.path.join(workdir, "checkpoints")}: no checkpoint at step {step} '
-                  f'(saved steps: {", ".join(map(str, saved)) or "none"})')
-
-
-def load_run(workdir: str, checkpoint: str = 'best') -> LoadedRun:
-  """Restores a run's model from `checkpoint`: 'best', 'last' or a step number."""
-  config = config_lib.read_run_config(workdir)
-  # Imports JAX: after the cheap checks.
-  from jaxseg.models import build_model  # noqa: PLC0415
-  from jaxseg.training import checkpoint as checkpoint_lib  # noqa: PLC0415
-  from jaxseg.evaluation.inference import make_logits_fn  # noqa: PLC0415
-  from jaxseg.training import schedules, step as step_lib  # noqa: PLC0415
-  model = build_model(config)
-  template = step_lib.abstract_state(model, schedules.optimizer(config), config)
-  ckpts = checkpoint_lib.Checkpoints.of_finished_run(workdir)
-  try:
-    kind, step = _checkpoint_kind_and_step(ckpts, checkpoint, workdir)
-    state, _, meta = ckpts.restore(kind, template, step)
-  finally:
-    ckpts.close()
-  variables = {'params': state.params, 'batch_stats': state.batch_stats}
-  return LoadedRun(config, model, variables, int(meta['step']), make_logits_fn(model)(state))
+# --- the run ---------------------------------------------------------------------------------
 
 
 def run_layout(config) -> str:
@@ -202,7 +156,6 @@ def read_input(path: str, convention: Convention, config) -> Input:
     else:
       axes = (0, 1, 2)
     return Input(path, np.ascontiguousarray(image), axes, stored_shape, np.eye(4), None)
-  import nibabel as nib  # noqa: PLC0415
   data, affine, _ = readers.read_nifti(path)
   header = nib.load(path).header
   stored_shape = data.shape
@@ -221,7 +174,6 @@ def _back_to_stored(array_DHW: np.ndarray, item: Input) -> np.ndarray:
 
 
 def _nifti(array: np.ndarray, item: Input, dtype) -> object:
-  import nibabel as nib  # noqa: PLC0415
   if item.header is None:
     return nib.Nifti1Image(array.astype(dtype), item.affine)
   header = item.header.copy()
@@ -241,11 +193,9 @@ def output_paths(path: str, input_root: str, output_dir: str) -> dict[str, str]:
   return {kind: os.path.join(folder, f'{name}_{kind}.nii.gz') for kind in ('pred', 'prob', 'image')}
 
 
-def predict_file(run: LoadedRun, path: str, paths: dict[str, str], *, convention: Convention,
+def predict_file(run: runs.RestoredRun, path: str, paths: dict[str, str], *, convention: Convention,
                  probabilities: bool = False, overwrite: bool = False) -> list[str]:
   """Predicts one file and writes its NIfTI outputs; returns the paths written."""
-  from jaxseg.evaluation import inference  # noqa: PLC0415
-  import nibabel as nib  # noqa: PLC0415
   wanted = ['pred'] + (['prob'] if probabilities else [])
   wanted += ['image'] if path.endswith('.h5') else []
   if not overwrite:
@@ -296,9 +246,7 @@ def find_inputs(input_path: str, pattern: str = '*', exclude: str = '') -> list[
 
 
 def parse_args(argv):
-  parser = argparse.ArgumentParser(prog='python -m jaxseg.predict',
-                                   description=__doc__.split('\n')[0])
-  parser.add_argument('--workdir', required=True, help='run directory written by jaxseg.run')
+  parser = cli.parser('jaxseg.predict', __doc__, run_dir=True)
   parser.add_argument('--input', required=True, help='a .nii/.nii.gz/.h5 file or a folder of them')
   parser.add_argument('--output', required=True, help='folder for the predictions')
   parser.add_argument('--checkpoint', default='best', help='best (default), last, or a step')
@@ -310,26 +258,20 @@ def parse_args(argv):
                       help="NIfTI axis order and intensity normalization of this dataset layout "
                            "(default: the run's own data layout)")
   parser.add_argument('--overwrite', action='store_true', help='replace existing outputs')
-  parser.add_argument('--no-progress', action='store_true')
   return parser.parse_args(argv)
 
 
-def main(argv=None) -> int:
-  args = parse_args(sys.argv[1:] if argv is None else argv)
-  try:
-    if args.checkpoint not in CHECKPOINTS and not args.checkpoint.isdigit():
-      raise JaxsegError(f'--checkpoint {args.checkpoint!r}: expected best, last or a step number')
-    inputs = find_inputs(args.input, args.glob, exclude=args.output)
-    run = load_run(args.workdir, args.checkpoint)
-    layout = args.layout or run_layout(run.config)
-    convention = CONVENTIONS.get(layout, DEFAULT_CONVENTION)
-    print(f'{run.config.experiment}: checkpoint {args.checkpoint} (step {run.step}); '
-          f'{len(inputs)} file(s); NIfTI read as {layout or "default"} '
-          f'(axes {convention.axes}, {convention.normalize.__name__.strip("_")})', flush=True)
-  except JaxsegError as e:
-    print(f'error: {e}', file=sys.stderr)
-    return 2
-  import tqdm  # noqa: PLC0415
+@cli.command
+def main(argv: list[str]) -> int:
+  args = parse_args(argv)
+  runs.parse_checkpoint(args.checkpoint)  # a misspelt name fails before any file is read
+  inputs = find_inputs(args.input, args.glob, exclude=args.output)
+  run = runs.open_run(args.workdir, args.checkpoint)
+  layout = args.layout or run_layout(run.config)
+  convention = CONVENTIONS.get(layout, DEFAULT_CONVENTION)
+  print(f'{run.config.experiment}: checkpoint {args.checkpoint} (step {run.step}); '
+        f'{len(inputs)} file(s); NIfTI read as {layout or "default"} '
+        f'(axes {convention.axes}, {convention.normalize.__name__.strip("_")})', flush=True)
   root = args.input if os.path.isdir(args.input) else os.path.dirname(args.input)
   failed = []
   bar = tqdm.tqdm(inputs, desc='predict', unit='file', disable=args.no_progress, dynamic_ncols=True)
@@ -339,18 +281,16 @@ def main(argv=None) -> int:
                              convention=convention, probabilities=args.probabilities,
                              overwrite=args.overwrite)
       tqdm.tqdm.write(f'wrote {", ".join(written)}')
-    except JaxsegError as e:
+    except JaxsegError as e:  # one bad file does not stop the others
       failed.append(path)
       tqdm.tqdm.write(f'failed: {e}', file=sys.stderr)
   bar.close()
   if failed:
-    print(f'error: {len(failed)} of {len(inputs)} files failed (named above); '
-          f'the other {len(inputs) - len(failed)} were written to {args.output}', file=sys.stderr)
-    return 2
+    raise DataError(f'{len(failed)} of {len(inputs)} files failed (named above); the other '
+                    f'{len(inputs) - len(failed)} were written to {args.output}')
   return 0
 
 
 if __name__ == '__main__':
   # Launched as several processes (SLURM, mpirun, a TPU pod): process 0 alone works.
-  from jaxseg.training import distributed  # noqa: PLC0415 (JAX: after the module loads)
   sys.exit(distributed.main_only(main))

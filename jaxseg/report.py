@@ -13,23 +13,32 @@ Figures (PNG, matplotlib without a display):
                        patch's class is its largest foreground class covering at least 10% of
                        it), else decoder features of sampled pixels.
                        t-SNE when scikit-learn is installed, else PCA.
-The training loop calls `write_report` at the end of a run; a figure whose inputs are missing
+`jaxseg.run` calls `write_report` once training ends; a figure whose inputs are missing
 (no results.json, the data folder moved) is left out with the reason in report.md.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
 import sys
 import time
 
+import jax
 import numpy as np
+from matplotlib.colors import to_rgb
+from matplotlib.figure import Figure  # no pyplot: no display, no global state
+from matplotlib.patches import Patch
 
+from jaxseg import cli
 from jaxseg import config as config_lib
+from jaxseg.data import datasets
+from jaxseg.data.transforms import resize
 from jaxseg.errors import DataError, JaxsegError
+from jaxseg.evaluation import inference
+from jaxseg.training import distributed, runs
+from jaxseg.training.logging import read_metrics
 
 # Class colours: background transparent, then a qualitative palette (tab10 without grey).
 _PALETTE = ('#1f77b4', '#ff7f0e', '#2ca02c', '#d62728', '#9467bd', '#8c564b', '#e377c2',
@@ -44,7 +53,6 @@ def class_color(k: int) -> str:
 
 
 def _figure(rows: int, cols: int, size: tuple[float, float]):
-  from matplotlib.figure import Figure  # noqa: PLC0415 (no pyplot: no display, no global state)
   fig = Figure(figsize=size, dpi=100, layout='constrained')
   axes = fig.subplots(rows, cols, squeeze=False)
   return fig, axes
@@ -209,7 +217,6 @@ def plot_metric_distributions(results: dict, class_names, units: str, path: str)
 
 
 def _overlay_rgba(label_HW: np.ndarray, alpha: float = 0.45) -> np.ndarray:
-  from matplotlib.colors import to_rgb  # noqa: PLC0415
   rgba = np.zeros(label_HW.shape + (4,), np.float32)
   for k in np.unique(label_HW):
     if k:
@@ -219,7 +226,6 @@ def _overlay_rgba(label_HW: np.ndarray, alpha: float = 0.45) -> np.ndarray:
 
 def plot_overlays(rows: list[tuple[str, object, np.ndarray]], class_names, path: str) -> None:
   """rows: (title, volume, prediction_DHW); shows each volume's slice with most ground truth."""
-  from matplotlib.patches import Patch  # noqa: PLC0415
   fig, axes = _figure(len(rows), 3, (10.0, 3.4 * len(rows)))
   for ax_row, (title, volume, pred) in zip(axes, rows):
     z = int(np.argmax((volume.label > 0).sum(axis=(1, 2))))
@@ -273,7 +279,6 @@ def plot_embedding(points_N2: np.ndarray, classes_N: np.ndarray, class_names, ti
 
 def _slices_for_embedding(volumes, config, per_volume: int = 2):
   """(B, S, S) images and labels at the network's input size: the slices with most foreground."""
-  from jaxseg.data.transforms import resize  # noqa: PLC0415
   size, order = config.eval.patch_size, config.eval.interp_order
   images, labels = [], []
   for volume in volumes:
@@ -285,7 +290,6 @@ def _slices_for_embedding(volumes, config, per_volume: int = 2):
 
 def embedding_features(run, images_BHW: np.ndarray, labels_BHW: np.ndarray, seed: int = 0):
   """(features (N, C), classes (N,), description) from the run's model on labelled slices."""
-  import jax  # noqa: PLC0415
   config, model, variables = run.config, run.model, run.variables
   rng = np.random.default_rng(seed)
   k = config.num_classes
@@ -324,14 +328,11 @@ def embedding_features(run, images_BHW: np.ndarray, labels_BHW: np.ndarray, seed
 def _model_figures(workdir: str, out_dir: str, config, results: dict | None,
                    progress: bool) -> list[str]:
   """overlays.png and embedding.png; returns the report lines for them."""
-  from jaxseg import predict as predict_lib  # noqa: PLC0415
-  from jaxseg.data import datasets  # noqa: PLC0415
-  from jaxseg.evaluation import inference  # noqa: PLC0415
   if results is None or 'val' not in results.get('splits', {}):
     raise DataError(f'{os.path.join(workdir, "results.json")}: missing or without a val split '
                     '(training has not finished)')
   per_volume = results['splits']['val']['per_volume']
-  run = predict_lib.load_run(workdir, 'best')
+  run = runs.open_run(workdir, 'best', config=config)
   volumes = datasets.load_data(config).splits['val']
   if len(volumes) != len(per_volume):
     raise DataError(f'{config.data.dir or "synthetic"}: {len(volumes)} validation volumes, '
@@ -390,7 +391,6 @@ def _summary_lines(config, results: dict | None, stages: list[dict]) -> list[str
 
 def write_report(workdir: str, progress: bool = False) -> str:
   """Writes `<workdir>/report/report.md` and its figures; returns the report's path."""
-  from jaxseg.training.logging import read_metrics  # noqa: PLC0415
   config = config_lib.read_run_config(workdir)
   out_dir = os.path.join(workdir, 'report')
   os.makedirs(out_dir, exist_ok=True)
@@ -451,22 +451,14 @@ def write_report(workdir: str, progress: bool = False) -> str:
   return path
 
 
-def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(prog='python -m jaxseg.report',
-                                   description=__doc__.split('\n')[0])
-  parser.add_argument('--workdir', required=True, help='run directory written by jaxseg.run')
-  parser.add_argument('--no-progress', action='store_true')
-  args = parser.parse_args(sys.argv[1:] if argv is None else argv)
-  try:
-    path = write_report(args.workdir, progress=not args.no_progress)
-  except JaxsegError as e:
-    print(f'error: {e}', file=sys.stderr)
-    return 2
-  print(f'report written: {path}')
+@cli.command
+def main(argv: list[str]) -> int:
+  parser = cli.parser('jaxseg.report', __doc__, run_dir=True)
+  args = parser.parse_args(argv)
+  print(f'report written: {write_report(args.workdir, progress=not args.no_progress)}')
   return 0
 
 
 if __name__ == '__main__':
   # Launched as several processes (SLURM, mpirun, a TPU pod): process 0 alone works.
-  from jaxseg.training import distributed  # noqa: PLC0415 (JAX: after the module loads)
   sys.exit(distributed.main_only(main))

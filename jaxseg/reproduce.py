@@ -13,7 +13,6 @@ split, a second table of each run's best-validation checkpoint on it, never used
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import os
@@ -21,7 +20,7 @@ import subprocess
 import sys
 import time
 
-from jaxseg import compare
+from jaxseg import cli, compare
 from jaxseg import config as config_lib
 from jaxseg import run as run_lib
 from jaxseg.errors import ConfigError, JaxsegError
@@ -214,8 +213,7 @@ def tables(runs: list[Run], output_prefix: str) -> dict[str, str]:
 
 
 def parse_args(argv):
-  parser = argparse.ArgumentParser(prog='python -m jaxseg.reproduce',
-                                   description=__doc__.split('\n')[0])
+  parser = cli.parser('jaxseg.reproduce', __doc__)
   parser.add_argument('--suite', required=True, help=f'known: {", ".join(SUITES)}')
   parser.add_argument('--methods', help='comma-separated subset of the suite (default: all)')
   parser.add_argument('--seeds', default='0', help='comma-separated seeds (default: 0)')
@@ -231,37 +229,31 @@ def parse_args(argv):
   return parser.parse_args(argv)
 
 
-def main(argv=None) -> int:
-  args = parse_args(sys.argv[1:] if argv is None else argv)
-  try:
-    methods = select_methods(args.suite, args.methods)
-    seeds = parse_seeds(args.seeds)
-    if args.data_dir:
-      args.data_dir = os.path.abspath(args.data_dir)
-      if not os.path.isdir(args.data_dir):
-        raise ConfigError(f'{args.data_dir}: --data-dir does not exist')
-    runs = plan(methods, seeds, args.workdir)
-    check_settings(runs, args)
-    os.makedirs(args.workdir, exist_ok=True)
-    with open(os.path.join(args.workdir, 'reproduce.json'), 'w') as f:
-      json.dump({'argv': sys.argv[1:] if argv is None else list(argv),
-                 'runs': [r.workdir for r in runs]}, f, indent=2)
-    failures = train_all(runs, args)
-    out = tables(runs, os.path.join(args.workdir, 'comparison'))
-    for split, text in out.items():
-      name = 'validation' if split == 'val' else 'test (best-validation checkpoints, reported only)'
-      print(f'\n## {args.suite}: {name}\n\n{text}', flush=True)
-    unfinished = [r for r in runs if r.status() != 'finished']
-    if unfinished:
-      print(f'\n{len(unfinished)} of {len(runs)} runs unfinished: '
-            f'{", ".join(r.label for r in unfinished)}; run the same command again to continue',
-            flush=True)
-    if failures:
-      return 1
-  except JaxsegError as e:
-    print(f'error: {e}', file=sys.stderr)
-    return 2
-  return 0
+@cli.command
+def main(argv: list[str]) -> int:
+  args = parse_args(argv)
+  methods = select_methods(args.suite, args.methods)
+  seeds = parse_seeds(args.seeds)
+  if args.data_dir:
+    args.data_dir = os.path.abspath(args.data_dir)
+    if not os.path.isdir(args.data_dir):
+      raise ConfigError(f'{args.data_dir}: --data-dir does not exist')
+  runs = plan(methods, seeds, args.workdir)
+  check_settings(runs, args)
+  os.makedirs(args.workdir, exist_ok=True)
+  with open(os.path.join(args.workdir, 'reproduce.json'), 'w') as f:
+    json.dump({'argv': argv, 'runs': [r.workdir for r in runs]}, f, indent=2)
+  failures = train_all(runs, args)
+  out = tables(runs, os.path.join(args.workdir, 'comparison'))
+  for split, text in out.items():
+    name = 'validation' if split == 'val' else 'test (best-validation checkpoints, reported only)'
+    print(f'\n## {args.suite}: {name}\n\n{text}', flush=True)
+  unfinished = [r for r in runs if r.status() != 'finished']
+  if unfinished:
+    print(f'\n{len(unfinished)} of {len(runs)} runs unfinished: '
+          f'{", ".join(r.label for r in unfinished)}; run the same command again to continue',
+          flush=True)
+  return 1 if failures else 0  # the failed runs are named above, each with its exit status
 
 
 if __name__ == '__main__':

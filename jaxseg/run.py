@@ -1,7 +1,8 @@
 """Command line: `python -m jaxseg.run --experiment NAME [--data-dir PATH] [options]`.
 
-Parses, resolves the experiment's config and calls `train_and_evaluate`. Without `--data-dir`
-the experiment runs its CPU-sized profile on the built-in synthetic phantom.
+Parses, resolves the experiment's config and calls `train_and_report`: training
+(`training.loop.train_and_evaluate`), then the run's report (`jaxseg.report`). Without
+`--data-dir` the experiment runs its CPU-sized profile on the built-in synthetic phantom.
 
 Several processes (one per host) train one run when launched by SLURM, Open MPI or on a TPU
 pod (detected by `jax.distributed`), or with `--coordinator HOST:PORT --num-processes N
@@ -10,20 +11,22 @@ pod (detected by `jax.distributed`), or with `--coordinator HOST:PORT --num-proc
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import os
 import shutil
 import sys
 import traceback
 
+import numpy as np
+
+from jaxseg import cli
 from jaxseg import config as config_lib
 from jaxseg.errors import ConfigError, JaxsegError
 from jaxseg.training import rundir
 
 
 def parse_args(argv):
-  parser = argparse.ArgumentParser(prog='python -m jaxseg.run', description=__doc__.split('\n')[0])
+  parser = cli.parser('jaxseg.run', __doc__)
   parser.add_argument('--experiment', required=True,
                       help=f'experiments/NAME.py or a path; known: {", ".join(config_lib.list_experiments())}')
   parser.add_argument('--data-dir', default='', help='dataset folder; default: synthetic phantom')
@@ -80,6 +83,38 @@ def resolve_config(args):
   return config, profile
 
 
+def train_and_report(config, workdir: str, *, resume: bool = False, progress: bool = True,
+                     steps: int | None = None) -> dict:
+  """Trains `config` in `workdir` (`train_and_evaluate`, same arguments), then writes the run's
+  report when `config.report` is on and the report is not already newer than the run's results
+  (a finished run resumed with nothing to train keeps the report it has). Process 0 alone writes
+  it; a figure that cannot be drawn never fails a finished run."""
+  # JAX takes seconds to import: `--help` and bad arguments answer before it. Not a cycle:
+  # neither the training modules nor the report import this one.
+  from jaxseg import report  # noqa: PLC0415
+  from jaxseg.training import distributed, loop  # noqa: PLC0415
+  results = loop.train_and_evaluate(config, workdir, resume=resume, progress=progress,
+                                    steps=steps)
+  # A resume trains with the run's saved config: its `report` decides.
+  if (distributed.is_main() and config_lib.read_run_config(workdir, resolve_stages=False).report
+      and not report_is_current(workdir)):
+    try:
+      print(f'report: {report.write_report(workdir, progress=progress)}', flush=True)
+    except Exception as e:  # noqa: BLE001 (training is done and saved; say why and go on)
+      print(f'warning: {workdir}: report not written ({type(e).__name__}: {e}); retry with '
+            f'python -m jaxseg.report --workdir {workdir}', flush=True)
+  return results
+
+
+def report_is_current(workdir: str) -> bool:
+  """The report was written after the run's results were (nothing trained since)."""
+  try:
+    return (os.path.getmtime(os.path.join(workdir, 'report', 'report.md'))
+            >= os.path.getmtime(os.path.join(workdir, 'results.json')))
+  except OSError:  # either is missing
+    return False
+
+
 def train_folds(config, workdir: str, folds: int, *, resume: bool, progress: bool,
                 steps: int | None = None) -> dict:
   """Trains fold i of K in `workdir/fold_i` and writes the mean and standard deviation over folds
@@ -90,9 +125,7 @@ def train_folds(config, workdir: str, folds: int, *, resume: bool, progress: boo
   resumed like any run: a finished fold is left as it is, unless `steps` (--steps given with
   --resume) extends every fold.
   """
-  import numpy as np  # noqa: PLC0415
-  from jaxseg.data import datasets  # noqa: PLC0415
-  from jaxseg.training.loop import train_and_evaluate  # noqa: PLC0415
+  from jaxseg.data import datasets  # noqa: PLC0415 (imports JAX: see train_and_report)
   layout = datasets.detect_layout(config.data.dir)
   if layout not in ('la', 'pancreas'):
     raise ConfigError(f'--folds: K-fold splits exist for the LA and pancreas layouts, not {layout}')
@@ -124,15 +157,14 @@ def train_folds(config, workdir: str, folds: int, *, resume: bool, progress: boo
       started = os.path.isfile(os.path.join(fold_dir, 'config.json'))
       if not started and os.path.isdir(fold_dir):
         shutil.rmtree(fold_dir)
-      results = train_and_evaluate(fold_config, fold_dir, resume=started, progress=progress,
-                                   steps=steps)
+      results = train_and_report(fold_config, fold_dir, resume=started, progress=progress,
+                                 steps=steps)
       means = results['splits']['val']['summary']['dice']['mean']
       dice.append(float(np.nanmean(np.asarray(means, dtype=float))))
     return write_fold_summary(config, workdir, dice)
 
 
 def write_fold_summary(config, workdir: str, dice: list[float]) -> dict:
-  import numpy as np  # noqa: PLC0415
   lines = [f'# {config.experiment}: {len(dice)}-fold cross-validation', '',
            '| fold | mean validation Dice (best checkpoint) |', '|---:|---:|']
   lines += [f'| {i} | {d:.4f} |' for i, d in enumerate(dice)]
@@ -145,15 +177,16 @@ def write_fold_summary(config, workdir: str, dice: list[float]) -> dict:
   return summary
 
 
-def main(argv=None) -> int:
-  args = parse_args(sys.argv[1:] if argv is None else argv)
+@cli.command
+def main(argv: list[str]) -> int:
+  args = parse_args(argv)
   distributed = None
   try:
     config, profile = resolve_config(args)
     if args.resume and not args.workdir:
       raise JaxsegError('--resume needs --workdir (the run directory to continue)')
-    # Imports JAX: after the arguments are checked; joins the other processes, if any, before
-    # anything touches a device.
+    # Imports JAX (see train_and_report); joins the other processes, if any, before anything
+    # touches a device.
     from jaxseg.training import distributed  # noqa: PLC0415
     distributed.initialize(args.coordinator, args.num_processes, args.process_id)
     if args.folds and distributed.is_multiprocess():
@@ -169,25 +202,24 @@ def main(argv=None) -> int:
             f'at {"x".join(map(str, shape))}).',
             flush=True)
     print(f'run directory: {workdir}', flush=True)
-    from jaxseg.training.loop import train_and_evaluate  # noqa: PLC0415
     steps = args.steps if args.resume else None
     with rundir.storage_errors(workdir):
       if args.folds:
         train_folds(config, workdir, args.folds, resume=args.resume,
                     progress=not args.no_progress, steps=steps)
       else:
-        train_and_evaluate(config, workdir, resume=args.resume, progress=not args.no_progress,
-                           steps=steps)
-  except JaxsegError as e:
-    print(f'error: {e}', file=sys.stderr)
-    if distributed is not None:
-      distributed.abort(str(e))  # the other processes stop too, with this message
-    return 2
+        train_and_report(config, workdir, resume=args.resume, progress=not args.no_progress,
+                         steps=steps)
   except BaseException as e:
     if distributed is not None and distributed.is_multiprocess():
-      traceback.print_exc()
-      distributed.abort(f'{type(e).__name__}: {e}', code=1)
-    raise
+      # The other processes stop too, with this one's message (abort ends the process).
+      if isinstance(e, JaxsegError):
+        cli.print_error(e)
+        distributed.abort(str(e))  # ends the process with exit status 2
+      else:
+        traceback.print_exc()
+        distributed.abort(f'{type(e).__name__}: {e}', code=1)
+    raise  # one process: a JaxsegError is cli.command's one line
   if distributed is not None:
     distributed.finish()
   return 0

@@ -1,5 +1,7 @@
 """Shared test set-up: a persistent XLA cache so identical programs compile once per session."""
 
+import contextlib
+import io
 import os
 import tempfile
 
@@ -20,6 +22,97 @@ def acdc_dir():
   if not os.path.exists(os.path.join(ACDC_DIR, 'train_slices.list')):
     pytest.skip('real ACDC data not found at ../shared/data/ACDC')
   return os.path.abspath(ACDC_DIR)
+
+
+# --- command lines and finished runs (tests of jaxseg.run, .evaluate, .predict, .report ...) ----
+
+
+def call(main, argv) -> tuple[int, str, str]:
+  """(exit status, stdout, stderr) of a command's `main(argv)`, captured in-process."""
+  out, err = io.StringIO(), io.StringIO()
+  with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+    rc = main([str(a) for a in argv])
+  return rc, out.getvalue(), err.getvalue()
+
+
+def call_run(data_dir, workdir, *extra, experiment: str = 'smoke') -> tuple[int, str, str]:
+  """`python -m jaxseg.run --experiment EXPERIMENT [--workdir W] [--data-dir D] EXTRA...`,
+  in-process; None leaves the flag out."""
+  from jaxseg import run  # noqa: PLC0415
+  argv = ['--experiment', experiment]
+  if workdir is not None:
+    argv += ['--workdir', workdir]
+  if data_dir is not None:
+    argv += ['--data-dir', data_dir]
+  return call(run.main, argv + list(extra))
+
+
+def error_line(rc: int, err: str, *words) -> str:
+  """Checks exit 2 and that stderr ends with one `error: ` line holding every word."""
+  assert rc == 2, err
+  lines = [line for line in err.splitlines() if line.strip()]
+  errors = [i for i, line in enumerate(lines) if line.startswith('error: ')]
+  assert len(errors) == 1 and errors[0] == len(lines) - 1, err
+  assert 'Traceback' not in err
+  for word in words:
+    assert str(word) in lines[-1], lines[-1]
+  return lines[-1]
+
+
+def snapshot(folder) -> dict[str, tuple[bytes, int]]:
+  """Every file under `folder` with its bytes and modification time: equal snapshots mean
+  nothing was written."""
+  return {str(p.relative_to(folder)): (p.read_bytes(), p.stat().st_mtime_ns)
+          for p in sorted(folder.rglob('*')) if p.is_file()}
+
+
+def rewrite_h5(path, key: str, change) -> None:
+  """Replaces dataset `key` of an h5 file by `change(its array)` (which may change its shape)."""
+  import h5py  # noqa: PLC0415
+  with h5py.File(path, 'r+') as f:
+    value = change(f[key][()])
+    del f[key]
+    f.create_dataset(key, data=value)
+
+
+def save_run(workdir, config, steps: dict[str, tuple[int, ...]]) -> dict[int, object]:
+  """A run directory made without training: `config.json` and, for each kind ('best',
+  'latest'), checkpoints at the given steps of a fresh state whose parameters are shifted by
+  the step, so that every checkpoint is told apart. Returns {step: the state saved}."""
+  from jaxseg import config as config_lib  # noqa: PLC0415
+  from jaxseg.models import build_model  # noqa: PLC0415
+  from jaxseg.training import checkpoint, schedules, step as step_lib  # noqa: PLC0415
+  workdir.mkdir(parents=True, exist_ok=True)
+  (workdir / 'config.json').write_text(config_lib.to_json(config))
+  state = step_lib.init_state(build_model(config), schedules.optimizer(config), config)
+  saved = {}
+  ckpts = checkpoint.Checkpoints(str(workdir), keep=10)
+  try:
+    for kind, kind_steps in steps.items():
+      for s in kind_steps:
+        shifted = jax.tree.map(lambda p, s=s: p + s, state.params)
+        saved[s] = state.replace(step=s, params=shifted)
+        ckpts.save(kind, s, saved[s], None, {'step': s, 'best': {'dice': 0.5, 'step': s}})
+  finally:
+    ckpts.close()
+  return saved
+
+
+@pytest.fixture(scope='session')
+def finished_run(tmp_path_factory):
+  """A tiny run trained as `python -m jaxseg.run` trains one (`run.train_and_report`): 4 steps
+  validated at 2 and 4, a checkpoint every step (all kept), its report written. Read only."""
+  from jaxseg import run  # noqa: PLC0415
+  workdir = tmp_path_factory.mktemp('finished') / 'run'
+  config = tiny_config()
+  with config.unlocked():
+    config.steps = 4
+    config.eval.every = 2
+    config.checkpoint.every = 1
+    config.checkpoint.keep = 4
+    config.report = True
+  run.train_and_report(config, str(workdir), progress=False)
+  return workdir
 
 
 class KilledAfter:

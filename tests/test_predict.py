@@ -3,8 +3,6 @@ probabilities, folders with a bad file, no overwriting, and checkpoint choice.""
 
 from __future__ import annotations
 
-import contextlib
-import io
 import pathlib
 
 import h5py
@@ -13,9 +11,10 @@ import numpy as np
 import pytest
 
 from jaxseg import predict
-from jaxseg.training import loop
+from jaxseg.evaluation import inference
+from jaxseg.training import runs
 
-from conftest import tiny_config
+from conftest import call, tiny_config
 
 SIZE = 32  # eval.patch_size of the tiny run: slices of this size are not resized
 K = 4
@@ -43,7 +42,7 @@ def _write_nifti(path: pathlib.Path, shape=(SIZE, SIZE, 5), seed=0) -> np.ndarra
   return np.asarray(nib.load(path).get_fdata())
 
 
-def _threshold_run() -> predict.LoadedRun:
+def _threshold_run() -> runs.RestoredRun:
   """A stand-in model: class 1 where the (normalized) intensity is >= 0.5, else 0."""
   config = tiny_config()
   with config.unlocked():
@@ -52,26 +51,16 @@ def _threshold_run() -> predict.LoadedRun:
   def logits_fn(x_BHWC):
     on = (x_BHWC[..., 0] >= 0.5).astype(np.float32)
     return np.stack([1 - on, on] + [np.zeros_like(on)] * (K - 2), axis=-1)
-  return predict.LoadedRun(config, None, {}, 0, logits_fn)
+  return runs.RestoredRun('', config, None, None, 0, {}, logits_fn)
 
 
 def _call(argv) -> tuple[int, str, str]:
-  out, err = io.StringIO(), io.StringIO()
-  with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-    rc = predict.main([str(a) for a in argv] + ['--no-progress'])
-  return rc, out.getvalue(), err.getvalue()
+  return call(predict.main, list(argv) + ['--no-progress'])
 
 
-@pytest.fixture(scope='module')
-def run_dir(tmp_path_factory) -> pathlib.Path:
-  workdir = tmp_path_factory.mktemp('predict') / 'run'
-  config = tiny_config()
-  with config.unlocked():
-    config.steps = 2
-    config.eval.every = 2
-    config.checkpoint.every = 1
-  loop.train_and_evaluate(config, str(workdir), progress=False)
-  return workdir
+@pytest.fixture
+def run_dir(finished_run):
+  return finished_run
 
 
 # --- geometry, with a stand-in model whose answer is known ----------------------------------
@@ -168,12 +157,11 @@ def test_existing_output_is_kept_without_overwrite(run_dir, tmp_path):
 
 
 def test_cli_prediction_matches_the_run_evaluation(run_dir, tmp_path):
-  from jaxseg.evaluation import inference
   stored = _write_nifti(tmp_path / 'a.nii.gz')
   rc, _, err = _call(['--workdir', run_dir, '--input', tmp_path / 'a.nii.gz',
                       '--output', tmp_path, '--checkpoint', '2'])
   assert rc == 0, err
-  run = predict.load_run(str(run_dir), '2')
+  run = runs.open_run(str(run_dir), '2')
   image = predict.minmax(stored).transpose(2, 1, 0)
   expected = inference.predict(run.logits_fn, image, run.config).transpose(2, 1, 0)
   np.testing.assert_array_equal(np.asarray(nib.load(tmp_path / 'a_pred.nii.gz').dataobj), expected)
@@ -184,7 +172,7 @@ def test_unknown_checkpoint_step_lists_the_saved_ones(run_dir, tmp_path):
   rc, _, err = _call(['--workdir', run_dir, '--input', tmp_path / 'a.nii.gz',
                       '--output', tmp_path, '--checkpoint', '99'])
   assert rc == 2
-  assert 'no checkpoint at step 99' in err and 'saved steps: 1, 2' in err
+  assert 'no checkpoint at step 99' in err and 'saved steps: 1, 2, 3, 4' in err
   assert not (tmp_path / 'a_pred.nii.gz').exists()
 
 

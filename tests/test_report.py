@@ -13,8 +13,7 @@ import numpy as np
 import pytest
 
 from jaxseg import config as config_lib
-from jaxseg import report
-from jaxseg.training import loop
+from jaxseg import report, run
 
 from conftest import tiny_config
 
@@ -28,20 +27,13 @@ def _png_size(path: pathlib.Path) -> tuple[int, int]:
   return int.from_bytes(data[16:20], 'big'), int.from_bytes(data[20:24], 'big')
 
 
-@pytest.fixture(scope='module')
-def run_dir(tmp_path_factory) -> pathlib.Path:
-  workdir = tmp_path_factory.mktemp('report') / 'run'
-  config = tiny_config()
-  with config.unlocked():
-    config.steps = 4
-    config.eval.every = 2
-    config.report = True  # written by the training loop at the end of the run
-  loop.train_and_evaluate(config, str(workdir), progress=False)
-  return workdir
+@pytest.fixture
+def run_dir(finished_run):
+  return finished_run
 
 
 def test_report_writes_every_figure_and_links_it(run_dir):
-  path = run_dir / 'report' / 'report.md'  # written by the loop; regenerated below
+  path = run_dir / 'report' / 'report.md'  # written by run.train_and_report; regenerated below
   text = path.read_text()
   assert pathlib.Path(report.write_report(str(run_dir))) == path
   assert 'Not drawn' not in text, text
@@ -135,7 +127,7 @@ def test_report_of_a_run_without_validation(tmp_path):
     config.steps = 2
     config.eval.every = 0
     config.report = True
-  results = loop.train_and_evaluate(config, str(tmp_path / 'run'), progress=False)
+  results = run.train_and_report(config, str(tmp_path / 'run'), progress=False)
   assert results['splits'] == {} and results['best_step'] is None
   text = (tmp_path / 'run' / 'report' / 'report.md').read_text()
   assert '![learning curves](learning_curves.png)' in text

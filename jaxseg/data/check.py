@@ -13,7 +13,6 @@ item by item.
 
 from __future__ import annotations
 
-import argparse
 import collections
 import dataclasses
 import os
@@ -22,6 +21,7 @@ from typing import Callable
 
 import numpy as np
 
+from jaxseg import cli
 from jaxseg import config as config_lib
 from jaxseg.data import datasets, readers
 from jaxseg.data.volume import Volume
@@ -323,29 +323,24 @@ def format_result(result: CheckResult) -> str:
   return '\n'.join(lines)
 
 
-def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(prog='python -m jaxseg.data.check',
-                                   description=__doc__.split('\n')[0])
+@cli.command
+def main(argv: list[str]) -> int:
+  parser = cli.parser('jaxseg.data.check', __doc__)
   parser.add_argument('--data-dir', required=True, help='dataset folder')
   parser.add_argument('--num-classes', type=int,
                       help='classes including background (default: the layout\'s own)')
   parser.add_argument('--experiment', help="take num_classes and data options from this "
                       "experiment's paper config")
   parser.add_argument('--no-progress', action='store_true')
-  args = parser.parse_args(sys.argv[1:] if argv is None else argv)
-  try:
-    if args.num_classes is not None and not 2 <= args.num_classes <= 256:
-      raise ConfigError(f'--num-classes {args.num_classes}: must be in 2..256')
-    result = check_data(args.data_dir, num_classes=args.num_classes, experiment=args.experiment,
-                        progress=not args.no_progress)
-  except JaxsegError as e:
-    print(f'error: {e}', file=sys.stderr)
-    return 2
+  args = parser.parse_args(argv)
+  if args.num_classes is not None and not 2 <= args.num_classes <= 256:
+    raise ConfigError(f'--num-classes {args.num_classes}: must be in 2..256')
+  result = check_data(args.data_dir, num_classes=args.num_classes, experiment=args.experiment,
+                      progress=not args.no_progress)
   print(format_result(result))
   if result.problems:
-    print(f'error: {len(result.problems)} problem(s) in {result.data_dir} would stop training '
-          '(listed above)', file=sys.stderr)
-    return 2
+    raise DataError(f'{len(result.problems)} problem(s) in {result.data_dir} would stop training '
+                    '(listed above)')
   return 0
 
 

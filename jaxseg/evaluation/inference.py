@@ -14,7 +14,7 @@ import tqdm
 
 from jaxseg.data.transforms import resize
 from jaxseg.data.volume import Volume
-from jaxseg.evaluation import metrics
+from jaxseg.evaluation import metrics, sliding_window
 
 # images (N, S, S, 1) float32 -> logits (N, S, S, K)
 LogitsFn = Callable[[np.ndarray], np.ndarray]
@@ -88,7 +88,6 @@ def predict(logits_fn: LogitsFn, image_DHW: np.ndarray, config, *,
                                          e.batch_size)
     return predict_volume(logits_fn, image_DHW, e.patch_size, e.interp_order, e.batch_size)
   if mode == 'sliding_window':
-    from jaxseg.evaluation import sliding_window  # noqa: PLC0415 (3D only)
     probs = sliding_window.predict_probabilities(
         logits_fn, image_DHW, window=tuple(e.window), stride=tuple(e.stride),
         num_classes=config.num_classes, batch_size=e.batch_size)

@@ -3,7 +3,9 @@
 The loop feeds paired labeled/unlabeled batches to the jitted train step, logs metrics, validates
 every `eval.every` steps keeping the best checkpoint by mean validation Dice, saves the latest
 state with the data iterators' positions for `--resume`, and ends with a per-class table of the
-best checkpoint on the validation (and, when present, test) volumes.
+best checkpoint on the validation (and, when present, test) volumes. It returns there: the
+report of a finished run is the entry point's next step (`jaxseg.run.train_and_report`), so
+training never imports a command-line module.
 """
 
 from __future__ import annotations
@@ -26,12 +28,10 @@ from jaxseg import config as config_lib
 from jaxseg.data import datasets, pipeline
 from jaxseg.errors import ConfigError, JaxsegError, TrainingDiverged
 from jaxseg.evaluation import metrics as metrics_lib
-# Re-exported: evaluation and stages reach them here as loop.make_logits_fn etc. before.
-from jaxseg.evaluation.inference import evaluate_split, make_logits_fn  # noqa: F401
+from jaxseg.evaluation.inference import evaluate_split, make_logits_fn
 from jaxseg.models import build_model
 from jaxseg.training import (checkpoint, distributed, objectives, prefetch, rundir, schedules,
                              stages, step as step_lib)
-from jaxseg.training.rundir import jsonable  # noqa: F401 (the results' JSON encoder, as before)
 from jaxseg.training.logging import MetricsWriter, NullWriter
 
 
@@ -113,8 +113,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, resum
             and not (os.path.isdir(latest) and os.listdir(latest))):
           shutil.rmtree(workdir, ignore_errors=True)
         raise
-      if config.report and main:
-        write_report(workdir, progress)
   distributed.barrier('run-finished')  # every process leaves once the run directory is complete
   return results
 
@@ -140,17 +138,6 @@ def resumed_config(config, workdir: str, steps: int | None):
   print(f'extending the run from {total} to {steps} steps (schedules that depend on the step '
         'count follow the new length)', flush=True)
   return saved, True
-
-
-def write_report(workdir: str, progress: bool) -> None:
-  """The run's figures and report.md; a figure that cannot be drawn never fails a finished run."""
-  from jaxseg import report  # noqa: PLC0415 (matplotlib only when a report is written)
-  try:
-    path = report.write_report(workdir, progress=progress)
-    print(f'report: {path}', flush=True)
-  except Exception as e:  # noqa: BLE001 (training is done and saved; say why and go on)
-    print(f'warning: {workdir}: report not written ({type(e).__name__}: {e}); retry with '
-          f'python -m jaxseg.report --workdir {workdir}', flush=True)
 
 
 def train_stage(config, data, workdir: str, *, resume: bool, progress: bool,
@@ -275,7 +262,7 @@ def train_stage(config, data, workdir: str, *, resume: bool, progress: bool,
              if evaluate else {'best_step': None, 'splits': {}})
   results.update(steps=config.steps, train_wall_seconds=wall, resumed_from=start_step)
   if main:
-    rundir.write_json(os.path.join(workdir, 'results.json'), results, default=jsonable)
+    rundir.write_json(os.path.join(workdir, 'results.json'), results, default=rundir.jsonable)
   ckpts.close()
   return results
 

@@ -35,9 +35,7 @@ from jaxseg import config as config_lib
 from jaxseg.data.sources import PseudoLabeledSource
 from jaxseg.errors import ConfigError, DataError
 from jaxseg.evaluation import inference
-from jaxseg.models import build_model
-from jaxseg.evaluation.inference import make_logits_fn
-from jaxseg.training import checkpoint, rundir, schedules, step as step_lib
+from jaxseg.training import rundir, runs
 
 INITS = ('previous', 'previous_best')
 
@@ -68,7 +66,7 @@ def run_stages(config, data, workdir: str, resume: bool, progress: bool,
   results = None
   for i, (stage, stage_dir, bounds) in enumerate(zip(configs, dirs, boundaries)):
     final = i == len(configs) - 1
-    latest = checkpoint.Checkpoints(stage_dir, create=False).latest_step()
+    latest = max(runs.saved_steps(stage_dir, 'latest'), default=None)
     done = os.path.isfile(os.path.join(stage_dir, 'results.json')) and latest == stage.steps
     if done:
       print(f'stage {i + 1}/{len(configs)} {stage.stage.name}: done, skipped', flush=True)
@@ -88,8 +86,8 @@ def run_stages(config, data, workdir: str, resume: bool, progress: bool,
       if stage.stage.pseudo_labels:
         stage_data = with_pseudo_labels(data, stage, *previous, stage_dir, progress)
     results = train_stage(stage, stage_data, stage_dir, resume=started, progress=progress,
-                               log_dir=workdir, step_offset=bounds['start_step'],
-                               init_variables=init_variables)
+                          log_dir=workdir, step_offset=bounds['start_step'],
+                          init_variables=init_variables)
   if results is None:  # every stage was already done
     with open(os.path.join(workdir, 'results.json')) as f:
       results = json.load(f)
@@ -109,23 +107,13 @@ def run_stages(config, data, workdir: str, resume: bool, progress: bool,
   return results
 
 
-def restore_state(config, stage_dir: str, kind: str):
-  """The train state a finished stage saved (`kind` 'latest' or 'best'), on the host."""
-  model = build_model(config)
-  template = step_lib.abstract_state(model, schedules.optimizer(config), config)
-  ckpts = checkpoint.Checkpoints(stage_dir, create=False)
-  if kind == 'best' and ckpts.latest_step('best') is None:
+def restore_variables(config, stage_dir: str, kind: str) -> dict[str, Any]:
+  """{'params', 'batch_stats'} of a finished stage's `kind` ('latest' or 'best') checkpoint."""
+  if kind == 'best' and not runs.saved_steps(stage_dir, 'best'):
     raise ConfigError(f'{stage_dir}: stage {config.stage.name} kept no best checkpoint (it ran '
                       'without validation, eval.every=0); start the next stage from '
                       "stage.init='previous'")
-  state, _, _ = ckpts.restore(kind, template)
-  ckpts.close()
-  return model, state
-
-
-def restore_variables(config, stage_dir: str, kind: str) -> dict[str, Any]:
-  _, state = restore_state(config, stage_dir, kind)
-  return {'params': state.params, 'batch_stats': state.batch_stats}
+  return runs.open_run(stage_dir, kind, config=config).variables
 
 
 def with_pseudo_labels(data, stage, previous_config, previous_dir: str, stage_dir: str,
@@ -147,9 +135,8 @@ def with_pseudo_labels(data, stage, previous_config, previous_dir: str, stage_di
       raise DataError(f'{path}: {len(labels)} pseudo-labels for {len(data.unlabeled)} unlabeled '
                       'images; delete it to recompute')
   else:
-    has_best = checkpoint.Checkpoints(previous_dir, create=False).latest_step('best') is not None
-    model, state = restore_state(previous_config, previous_dir, 'best' if has_best else 'latest')
-    logits_fn = make_logits_fn(model)(state)
+    kind = 'best' if runs.saved_steps(previous_dir, 'best') else 'latest'
+    logits_fn = runs.open_run(previous_dir, kind, config=previous_config).logits_fn
     images = (data.unlabeled[i]['image'] for i in range(len(data.unlabeled)))
     e = stage.eval
     labels = inference.predict_slices(

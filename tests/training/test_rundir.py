@@ -24,10 +24,11 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from test_run import _call, _error_line, _snapshot, _train
 from jaxseg import evaluate, predict
 from jaxseg.training import checkpoint, rundir
 from jaxseg.training.logging import read_metrics
+
+from conftest import call, call_run, error_line, snapshot
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 STEPS = 30
@@ -84,13 +85,13 @@ def killed(tmp_path_factory):
   _wait_for(workdir / 'checkpoints' / 'latest' / '3', first)
   first.send_signal(signal.SIGSTOP)  # holds the directory, frozen mid-run
   try:
-    second = _train(None, workdir, *RUN, '--set', 'seed=1')
-    second_resume = _train(None, workdir, '--resume', '--no-progress')
+    second = call_run(None, workdir, *RUN, '--set', 'seed=1')
+    second_resume = call_run(None, workdir, '--resume', '--no-progress')
   finally:
     first.kill()
     first.wait()
   killed_at = sorted(int(s) for s in os.listdir(workdir / 'checkpoints' / 'latest') if s.isdigit())
-  resumed = _train(None, workdir, '--resume', '--no-progress')
+  resumed = call_run(None, workdir, '--resume', '--no-progress')
   return dict(workdir=workdir, pid=first.pid, second=second, second_resume=second_resume,
               killed_at=killed_at, resumed=resumed, tmp=tmp)
 
@@ -100,8 +101,8 @@ def killed(tmp_path_factory):
 
 def test_a_second_process_is_refused_while_the_first_holds_the_run(killed):
   for rc, _, err in (killed['second'], killed['second_resume']):
-    _error_line(rc, err, killed['workdir'], 'in use by another jaxseg process',
-                f'pid {killed["pid"]}')
+    error_line(rc, err, killed['workdir'], 'in use by another jaxseg process',
+               f'pid {killed["pid"]}')
 
 
 def test_lock_refuses_another_process_and_dies_with_its_holder(tmp_path):
@@ -143,7 +144,7 @@ def test_resume_after_sigkill_continues_to_the_runs_own_step_count(killed, tmp_p
   losses = _train_losses(workdir)
   assert sorted(losses) == list(range(1, STEPS + 1))
   # The same losses as a run never killed.
-  rc, _, err = _train(None, tmp_path / 'straight', *RUN)
+  rc, _, err = call_run(None, tmp_path / 'straight', *RUN)
   assert rc == 0, err
   straight = _train_losses(tmp_path / 'straight')
   np.testing.assert_array_equal([losses[s] for s in range(start + 1, STEPS + 1)],
@@ -156,18 +157,18 @@ def test_resume_after_sigkill_continues_to_the_runs_own_step_count(killed, tmp_p
 def test_finished_run_is_reported_and_untouched_and_steps_extend_it(killed):
   workdir = killed['tmp'] / 'finished'
   shutil.copytree(killed['workdir'], workdir)
-  before = _snapshot(workdir)
+  before = snapshot(workdir)
   for _ in range(2):
-    rc, out, err = _train(None, workdir, '--resume', '--no-progress')
+    rc, out, err = call_run(None, workdir, '--resume', '--no-progress')
     assert rc == 0, err
     assert f'the run finished all {STEPS} steps; nothing to do' in out
-  assert _snapshot(workdir) == before
+  assert snapshot(workdir) == before
 
-  rc, _, err = _train(None, workdir, '--resume', '--no-progress', '--steps', STEPS - 1)
-  _error_line(rc, err, f'--steps {STEPS - 1}', f'shorter than the {STEPS} steps')
-  assert _snapshot(workdir) == before
+  rc, _, err = call_run(None, workdir, '--resume', '--no-progress', '--steps', STEPS - 1)
+  error_line(rc, err, f'--steps {STEPS - 1}', f'shorter than the {STEPS} steps')
+  assert snapshot(workdir) == before
 
-  rc, out, err = _train(None, workdir, '--resume', '--no-progress', '--steps', STEPS + 2)
+  rc, out, err = call_run(None, workdir, '--resume', '--no-progress', '--steps', STEPS + 2)
   assert rc == 0, err
   assert f'extending the run from {STEPS} to {STEPS + 2} steps' in out
   assert f'resumed from step {STEPS} of {STEPS + 2}' in out
@@ -197,7 +198,7 @@ def test_kill_during_the_first_checkpoint_write_resumes_from_step_0(tmp_path):
   latest = workdir / 'checkpoints' / 'latest'
   assert not [s for s in os.listdir(latest) if s.isdigit()]  # no finished checkpoint
   assert glob.glob(str(latest / '3.orbax-checkpoint-tmp*'))  # a half-written one
-  rc, out, err = _train(None, workdir, '--resume', '--no-progress')
+  rc, out, err = call_run(None, workdir, '--resume', '--no-progress')
   assert rc == 0, err
   assert 'no checkpoint was saved before the run stopped; starting again from step 0' in out
   assert json.loads((workdir / 'results.json').read_text())['steps'] == STEPS
@@ -210,10 +211,10 @@ def test_kill_during_the_first_checkpoint_write_resumes_from_step_0(tmp_path):
 
 def test_divergence_before_the_first_checkpoint_keeps_config_and_logs(tmp_path):
   workdir = tmp_path / 'run'
-  rc, _, err = _train(None, workdir, '--no-progress', '--set', 'optimizer.lr=1e6', '--steps', 20,
-                      '--set', 'checkpoint.every=10', '--set', 'report=False')
-  line = _error_line(rc, err, workdir, 'loss became', 'last finite loss',
-                     'no checkpoint was saved yet', 'metrics.jsonl')
+  rc, _, err = call_run(None, workdir, '--no-progress', '--set', 'optimizer.lr=1e6',
+                        '--steps', 20, '--set', 'checkpoint.every=10', '--set', 'report=False')
+  line = error_line(rc, err, workdir, 'loss became', 'last finite loss',
+                    'no checkpoint was saved yet', 'metrics.jsonl')
   assert 'step None' not in line
   assert (workdir / 'config.json').is_file()
   logged = read_metrics(str(workdir))
@@ -233,8 +234,8 @@ def test_divergence_before_the_first_checkpoint_keeps_config_and_logs(tmp_path):
     ('eval.patch_size=34', ('eval.patch_size=34', 'multiple of 4', 'use 32 or 36')),
 ])
 def test_bad_sizes_refused_before_the_run_directory_exists(tmp_path, item, words):
-  rc, _, err = _train(None, tmp_path / 'run', '--no-progress', '--set', item)
-  _error_line(rc, err, *words)
+  rc, _, err = call_run(None, tmp_path / 'run', '--no-progress', '--set', item)
+  error_line(rc, err, *words)
   assert not (tmp_path / 'run').exists()
 
 
@@ -257,8 +258,8 @@ def test_a_real_write_failure_in_a_checkpoint_is_one_line(tmp_path):
   process = _start(workdir, script=LIMITED_FILE_SIZE,
                    env=_env(private_cache=tmp_path / 'xla-cache'))
   _, err = process.communicate(timeout=300)
-  _error_line(process.returncode, err, workdir / 'checkpoints', 'cannot write',
-              'file size limit', 'checkpoint 3 not saved')
+  error_line(process.returncode, err, workdir / 'checkpoints', 'cannot write',
+             'file size limit', 'checkpoint 3 not saved')
   noise = ('Traceback', 'ERROR:', 'Exception ignored')
   assert not any(word in err for word in noise), err[-3000:]
   # It failed before any checkpoint existed: nothing half-written is left, nor the run.
@@ -279,9 +280,9 @@ def test_full_disk_at_a_later_checkpoint_keeps_the_previous_one(tmp_path, monkey
 
   monkeypatch.setattr(ocp.CheckpointManager, 'save', full_at_step_6)
   workdir = tmp_path / 'run'
-  rc, _, err = _train(None, workdir, *RUN)
-  _error_line(rc, err, workdir / 'checkpoints' / 'latest', 'no space left on the disk',
-              'checkpoint 6 not saved; checkpoint 3 is kept')
+  rc, _, err = call_run(None, workdir, *RUN)
+  error_line(rc, err, workdir / 'checkpoints' / 'latest', 'no space left on the disk',
+             'checkpoint 6 not saved; checkpoint 3 is kept')
   latest = workdir / 'checkpoints' / 'latest'
   assert sorted(os.listdir(latest)) == ['3']
   monkeypatch.undo()
@@ -304,8 +305,8 @@ def test_read_only_folder_is_one_line(tmp_path, monkeypatch):
     return makedirs(path, *args, **kwargs)
 
   monkeypatch.setattr(os, 'makedirs', refuse)
-  rc, _, err = _train(None, read_only / 'run', *RUN)
-  _error_line(rc, err, read_only, 'cannot write (read-only file system)', '--workdir')
+  rc, _, err = call_run(None, read_only / 'run', *RUN)
+  error_line(rc, err, read_only, 'cannot write (read-only file system)', '--workdir')
 
 
 def test_storage_error_reads_errno_and_tensorstore_text():
@@ -340,12 +341,12 @@ def test_truncated_checkpoint_metadata_names_it_and_the_usable_ones(killed, tmp_
   (best / 'state' / '_METADATA').write_bytes((best / 'state' / '_METADATA').read_bytes()[:100])
   latest = sorted(int(s) for s in os.listdir(workdir / 'checkpoints' / 'latest'))
   usable = ', '.join(f'latest {s}' for s in latest)
-  rc, _, err = _call(evaluate.main, ['--workdir', workdir, '--no-progress'])
-  _error_line(rc, err, best, 'best checkpoint unreadable', f'still usable: {usable}')
+  rc, _, err = call(evaluate.main, ['--workdir', workdir, '--no-progress'])
+  error_line(rc, err, best, 'best checkpoint unreadable', f'still usable: {usable}')
   image = _h5_input(tmp_path / 'in')
-  rc, _, err = _call(predict.main, ['--workdir', workdir, '--input', image, '--output',
-                                    tmp_path / 'out', '--no-progress'])
-  _error_line(rc, err, best, 'best checkpoint unreadable', f'still usable: {usable}')
+  rc, _, err = call(predict.main, ['--workdir', workdir, '--input', image, '--output',
+                                   tmp_path / 'out', '--no-progress'])
+  error_line(rc, err, best, 'best checkpoint unreadable', f'still usable: {usable}')
 
 
 def test_truncated_checkpoint_data_file_is_one_line(killed):
@@ -357,7 +358,7 @@ def test_truncated_checkpoint_data_file_is_one_line(killed):
   out = subprocess.run([sys.executable, '-m', 'jaxseg.evaluate', '--workdir', str(workdir),
                         '--no-progress'], cwd=REPO, env=_env(), capture_output=True, text=True,
                        timeout=300)
-  _error_line(out.returncode, out.stderr, best, 'best checkpoint unreadable', 'still usable')
+  error_line(out.returncode, out.stderr, best, 'best checkpoint unreadable', 'still usable')
   assert not any(noise in out.stderr for noise in ('Traceback', 'ERROR:', 'Exception ignored',
                                                    'Event loop is closed')), out.stderr[-3000:]
 
@@ -366,10 +367,10 @@ def test_missing_checkpoints_folder_is_called_missing(killed, tmp_path):
   workdir = _copy_run(killed, 'no_checkpoints')
   shutil.rmtree(workdir / 'checkpoints')
   image = _h5_input(tmp_path / 'in')
-  rc, _, err = _call(predict.main, ['--workdir', workdir, '--input', image, '--output',
-                                    tmp_path / 'out', '--no-progress'])
-  line = _error_line(rc, err, workdir / 'checkpoints', 'missing (moved or deleted?)')
+  rc, _, err = call(predict.main, ['--workdir', workdir, '--input', image, '--output',
+                                   tmp_path / 'out', '--no-progress'])
+  line = error_line(rc, err, workdir / 'checkpoints', 'missing (moved or deleted?)')
   assert 'saved no checkpoint' not in line
-  rc, _, err = _call(evaluate.main, ['--workdir', workdir, '--no-progress'])
-  _error_line(rc, err, workdir / 'checkpoints', 'missing')
+  rc, _, err = call(evaluate.main, ['--workdir', workdir, '--no-progress'])
+  error_line(rc, err, workdir / 'checkpoints', 'missing')
 

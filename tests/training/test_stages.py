@@ -10,9 +10,9 @@ import pytest
 
 from jaxseg import config as config_lib
 from jaxseg.errors import ConfigError
-from jaxseg.training import loop, stages
+from jaxseg.training import loop, runs
 from jaxseg.training.logging import read_metrics
-from conftest import KilledAfter, tiny_config
+from conftest import KilledAfter, snapshot, tiny_config
 
 
 def two_stage_config():
@@ -81,12 +81,11 @@ def test_two_stages_chain_log_and_resume(tmp_path):
 
   # Hand-over: the second stage (lr 0) ends with the first stage's last parameters.
   first = config_lib.stage_config(config, 'first')
-  _, first_state = stages.restore_state(first, first_dir, 'latest')
-  second = config_lib.read_run_config(workdir)  # resolves to the final stage
-  assert second.stage.name == 'second'
-  _, final_state = stages.restore_state(second, workdir, 'latest')
-  jax.tree.map(np.testing.assert_array_equal, first_state.params, final_state.params)
-  assert int(final_state.step) == 2
+  first_state = runs.open_run(first_dir, 'last', config=first).state
+  final = runs.open_run(workdir, 'last')  # its config.json resolves to the final stage
+  assert final.config.stage.name == 'second'
+  jax.tree.map(np.testing.assert_array_equal, first_state.params, final.state.params)
+  assert int(final.state.step) == 2
 
   # Resuming a finished run trains nothing and keeps the log.
   again = loop.train_and_evaluate(config, workdir, resume=True, progress=False)
@@ -106,7 +105,6 @@ def test_previous_best_needs_a_validated_stage(tmp_path):
 
 
 def test_staged_resume_mid_stage_then_finished_untouched_then_extended(tmp_path, monkeypatch):
-  from test_run import _snapshot  # noqa: PLC0415
   config = two_stage_config()
   with config.unlocked():
     config.stages.second.steps = 3
@@ -126,19 +124,19 @@ def test_staged_resume_mid_stage_then_finished_untouched_then_extended(tmp_path,
       loop.train_and_evaluate(config, str(workdir), progress=False)
   assert sorted(os.listdir(workdir / 'checkpoints' / 'latest')) == ['1']
   first = workdir / 'stages' / '01_first'
-  first_before = _snapshot(first)
+  first_before = snapshot(first)
 
   # The second stage continues from its checkpoint; the first is not trained again.
   results = loop.train_and_evaluate(config, str(workdir), resume=True, progress=False)
   assert results['steps'] == 6
   train = [m['step'] for m in read_metrics(str(workdir)) if m['split'] == 'train']
   assert train == [1, 2, 3, 4, 5, 6]
-  assert _snapshot(first) == first_before
+  assert snapshot(first) == first_before
 
   # Finished: reported, nothing rewritten.
-  before = _snapshot(workdir)
+  before = snapshot(workdir)
   again = loop.train_and_evaluate(config, str(workdir), resume=True, progress=False)
-  assert again['steps'] == 6 and _snapshot(workdir) == before
+  assert again['steps'] == 6 and snapshot(workdir) == before
 
   # --steps extends the final stage only.
   longer = loop.train_and_evaluate(config, str(workdir), resume=True, progress=False, steps=8)
@@ -146,4 +144,4 @@ def test_staged_resume_mid_stage_then_finished_untouched_then_extended(tmp_path,
                               {'name': 'second', 'start_step': 3, 'end_step': 8}]
   train = [m['step'] for m in read_metrics(str(workdir)) if m['split'] == 'train']
   assert train == list(range(1, 9))
-  assert _snapshot(first) == first_before
+  assert snapshot(first) == first_before
