@@ -58,6 +58,15 @@ def train_setup(config, num_devices: int = 1):
   return model, jitted, state, batches, mesh
 
 
+def data_config(data_dir, num_classes: int, image_order: int = 1, **data):
+  """The config a dataset loader reads: seed, num_classes, `data.dir`, one labeled case and
+  `data` (a dataset's block as a dict, e.g. `kits19=dict(train_size=8)`)."""
+  import ml_collections  # noqa: PLC0415
+  return ml_collections.ConfigDict(dict(
+      seed=0, num_classes=num_classes,
+      data={'dir': str(data_dir), 'labeled_num': 1, 'image_order': image_order, **data}))
+
+
 def tiny_config(experiment: str = 'smoke', **data):
   """An experiment's config shrunk to the smoke test's size (a few seconds per run)."""
   from jaxseg import config as config_lib

@@ -137,17 +137,3 @@ def h5_volume_loader(data_dir: str, num_classes: int) -> Callable[[str], Volume]
       raise DataError(f'{path}: expected a 3D volume (D, H, W), got shape {image.shape}')
     return Volume(name=name, image=image, label=label, path=path)
   return load
-
-
-def split_volume_data(layout: str, split: dict[str, Sequence[str]], n_labeled: int,
-                      load: Callable[[str], Volume], load_train: Callable[[str], Volume],
-                      description: str) -> SegmentationData:
-  """Datasets split at the volume level (MSD, MM-WHS): the first `n_labeled` training volumes
-  labeled, the rest unlabeled (both in memory via `load_train`), val/test read on access."""
-  train = split['train']
-  return SegmentationData(
-      layout=layout,
-      labeled=VolumeSliceSource([load_train(c) for c in train[:n_labeled]], with_label=True),
-      unlabeled=VolumeSliceSource([load_train(c) for c in train[n_labeled:]], with_label=False),
-      splits={name: LazyVolumes(split[name], load) for name in ('val', 'test')},
-      description=description)

@@ -17,7 +17,7 @@ pipeline seed and the element index), so a pipeline is reproducible for a given 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import grain
@@ -84,6 +84,14 @@ def resize_volume(volume: Volume, size: int, image_order: int) -> Volume:
       volume.spacing[0], volume.spacing[1] * h / size, volume.spacing[2] * w / size)
   return Volume(name=volume.name, image=image, label=label, spacing=spacing,
                 affine=None, path=volume.path)
+
+
+def resized(load: Callable[[str], Volume], size: int,
+            image_order: int) -> Callable[[str], Volume]:
+  """`load` followed by `resize_volume` to `size` (0: `load` itself, native size)."""
+  if not size:
+    return load
+  return lambda name: resize_volume(load(name), size, image_order)
 
 
 def random_rot_flip(

@@ -6,12 +6,13 @@ import gzip
 import pathlib
 
 import ml_collections
+from conftest import data_config
 import nibabel as nib
 import numpy as np
 import pytest
 from PIL import Image
 
-from jaxseg.data import crag, kits19, splits
+from jaxseg.data import crag, datasets, kits19, readers, splits
 from jaxseg.data.sources import LazyVolumes, SegmentationData
 from jaxseg.errors import ConfigError, DataError
 
@@ -80,12 +81,7 @@ def _write_crag(root: pathlib.Path, num_train: int = 7, num_valid: int = 3) -> p
 
 
 def _config(data_dir: pathlib.Path, num_classes: int, **data) -> ml_collections.ConfigDict:
-  c = ml_collections.ConfigDict()
-  c.seed = 0
-  c.num_classes = num_classes
-  c.data = ml_collections.ConfigDict(dict(dir=str(data_dir), labeled_num=1, image_order=0))
-  c.data.update(data)
-  return c
+  return data_config(data_dir, num_classes, image_order=0, **data)
 
 
 @pytest.fixture
@@ -117,12 +113,12 @@ def test_kits_layout_detection(tmp_path, kits_root):
 
 def test_window_ct_known_values():
   hu = np.array([-2000.0, -79.0, 112.5, 304.0, 3000.0])
-  np.testing.assert_allclose(kits19.window_ct(hu), [0.0, 0.0, 0.5, 1.0, 1.0], atol=1e-7)
-  assert kits19.window_ct(hu).dtype == np.float32
-  np.testing.assert_allclose(kits19.window_ct(np.array([0.0, 50.0, 100.0]), (0, 100)),
+  np.testing.assert_allclose(readers.window_ct(hu, kits19.DEFAULT_WINDOW), [0.0, 0.0, 0.5, 1.0, 1.0], atol=1e-7)
+  assert readers.window_ct(hu, kits19.DEFAULT_WINDOW).dtype == np.float32
+  np.testing.assert_allclose(readers.window_ct(np.array([0.0, 50.0, 100.0]), (0, 100)),
                              [0.0, 0.5, 1.0])
-  with pytest.raises(ConfigError, match='kits_window'):
-    kits19.window_ct(hu, (100, 100))
+  with pytest.raises(ConfigError, match='window'):
+    readers.window_ct(hu, (100, 100))
 
 
 def test_kits_load_case(kits_root):
@@ -179,7 +175,7 @@ def test_kits_missing_segmentation(kits_root):
   assert str(e.value).startswith(str(path))
   assert kits19.load_case(kits_root / 'case_00004', require_label=False).label is None
   with pytest.raises(DataError, match='segmentation missing'):
-    kits19.load_kits19(_config(kits_root, 3))
+    kits19.load(_config(kits_root, 3))
 
 
 def test_kits_split_paper_proportions():
@@ -217,7 +213,7 @@ def test_labeled_fraction_bounds():
 
 
 def test_load_kits19(kits_root):
-  data = kits19.load_kits19(_config(kits_root, 3, labeled_fraction=0.25))
+  data = kits19.load(_config(kits_root, 3, labeled_fraction=0.25))
   assert isinstance(data, SegmentationData) and data.layout == 'kits19'
   split = kits19.split_cases(kits19.find_cases(kits_root))
   # 4 training cases x 4 slices; 25% = 1 labeled case.
@@ -234,11 +230,11 @@ def test_load_kits19(kits_root):
     assert volumes[0].image.shape == KITS_SHAPE and volumes[0].label is not None
   data.check(progress=False)
   # labeled_num when no fraction; a training-size option to cut memory.
-  data = kits19.load_kits19(_config(kits_root, 3, labeled_num=2, kits_train_size=8))
+  data = kits19.load(_config(kits_root, 3, labeled_num=2, kits19=dict(train_size=8)))
   assert len(data.labeled) == 8 and data.labeled[0]['image'].shape == (8, 8)
   assert data.splits['val'][0].image.shape == KITS_SHAPE  # evaluation stays native
   with pytest.raises(ConfigError, match='num_classes'):
-    kits19.load_kits19(_config(kits_root, 4))
+    kits19.load(_config(kits_root, 4))
 
 
 def test_kits_ignores_unlabeled_challenge_cases(kits_root):
@@ -246,7 +242,7 @@ def test_kits_ignores_unlabeled_challenge_cases(kits_root):
   case.mkdir()
   _save_nifti(_kits_arrays(0)[0], case / 'imaging.nii.gz')
   assert 'case_00210' in kits19.find_cases(kits_root)
-  data = kits19.load_kits19(_config(kits_root, 3))
+  data = kits19.load(_config(kits_root, 3))
   names = {v.name for v in data.labeled.volumes + data.unlabeled.volumes}
   names |= set(data.splits['val'].names) | set(data.splits['test'].names)
   assert names == {f'case_{i:05d}' for i in range(6)}
@@ -322,7 +318,7 @@ def test_crag_split_paper_proportions():
 
 
 def test_load_crag(crag_root):
-  data = crag.load_crag(_config(crag_root, 2, labeled_fraction=0.25))
+  data = crag.load(_config(crag_root, 2, labeled_fraction=0.25))
   assert isinstance(data, SegmentationData) and data.layout == 'crag'
   split = crag.split_images(list(crag.find_images(crag_root)))
   # 10 images pooled: 8 training (25% = 2 labeled), 1 validation, 1 test; one slice each.
@@ -336,7 +332,7 @@ def test_load_crag(crag_root):
   assert data.splits['test'][0].image.shape == (1,) + CRAG_HW
   data.check(progress=False)
   with pytest.raises(ConfigError, match='num_classes'):
-    crag.load_crag(_config(crag_root, 3))
+    crag.load(_config(crag_root, 3))
 
 
 def test_load_data_detects_kits19_and_crag(kits_root, crag_root):

@@ -14,7 +14,7 @@ import pytest
 
 from conftest import tiny_config
 from jaxseg import config as config_lib
-from jaxseg.data import datasets, pipeline, readers
+from jaxseg.data import acdc, datasets, pipeline, readers
 
 XYZ = (12, 16, 5)  # nibabel (X, Y, Z) of the NIfTI fixtures; (D, H, W) = (5, 16, 12)
 
@@ -58,7 +58,7 @@ def test_real_acdc_labeled_split(acdc_dir, labeled_num, num_slices):
   assert data.unlabeled.paths == paths[num_slices:]
   assert data.labeled.with_label and not data.unlabeled.with_label
   patients = {os.path.basename(p).split('_')[0] for p in data.labeled.paths}
-  assert patients == set(readers.TRAIN_PATIENTS[:labeled_num])
+  assert patients == set(acdc.TRAIN_PATIENTS[:labeled_num])
   with open(os.path.join(acdc_dir, 'val.list')) as f:
     val_names = [line.strip() for line in f if line.strip()]
   assert len(data.splits['val']) == 20
@@ -99,7 +99,7 @@ def test_acdc_nifti_layout(tmp_path):
   root = tmp_path / 'ACDC'
   # Written in sorted order (patient038, patient050, patient099): the split must follow
   # TRAIN_PATIENTS (patient099 first), not the folder order.
-  patients = list(readers.TRAIN_PATIENTS[:3]) + [readers.VAL_PATIENTS[0]]
+  patients = list(acdc.TRAIN_PATIENTS[:3]) + [acdc.VAL_PATIENTS[0]]
   seeds = {pid: (10 * i, 10 * i + 1) for i, pid in enumerate(patients)}
   for pid in sorted(patients):
     _write_nifti_patient(root, pid, seeds[pid])
@@ -115,13 +115,13 @@ def test_acdc_nifti_layout(tmp_path):
         out += [(image[z], label[z] if with_label else None) for z in range(XYZ[2])]
     return out
 
-  first = readers.TRAIN_PATIENTS[0]
+  first = acdc.TRAIN_PATIENTS[0]
   assert len(data.labeled) == 2 * XYZ[2]
   _assert_slices_equal(_source_items(data.labeled), slices([first], True))
-  _assert_slices_equal(_source_items(data.unlabeled), slices(readers.TRAIN_PATIENTS[1:3], False))
+  _assert_slices_equal(_source_items(data.unlabeled), slices(acdc.TRAIN_PATIENTS[1:3], False))
   val = data.splits['val']
-  assert [v.name for v in val] == [f'{readers.VAL_PATIENTS[0]}_frame0{i}' for i in (1, 2)]
-  for volume, seed in zip(val, seeds[readers.VAL_PATIENTS[0]]):
+  assert [v.name for v in val] == [f'{acdc.VAL_PATIENTS[0]}_frame0{i}' for i in (1, 2)]
+  for volume, seed in zip(val, seeds[acdc.VAL_PATIENTS[0]]):
     image, label = _expected_volume(seed)
     np.testing.assert_array_equal(volume.image, image)
     np.testing.assert_array_equal(volume.label, label)
@@ -146,8 +146,8 @@ def _write_h5(path: pathlib.Path, image: np.ndarray, label: np.ndarray) -> None:
 def test_ssl4mis_h5_layout(tmp_path):
   root = tmp_path / 'ACDC'
   (root / 'data' / 'slices').mkdir(parents=True)
-  train = readers.TRAIN_PATIENTS[:3]
-  val = readers.VAL_PATIENTS[0]
+  train = acdc.TRAIN_PATIENTS[:3]
+  val = acdc.VAL_PATIENTS[0]
   volumes, names = {}, []
   for i, pid in enumerate(train + (val,)):
     for frame in (1, 2):

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from jaxseg import config as config_lib
-from jaxseg.data import datasets, la, pancreas, pipeline, synthetic3d, transforms3d
+from jaxseg.data import datasets, la, pancreas, pipeline, splits, synthetic3d, transforms3d
 from jaxseg.errors import ConfigError, DataError
 
 LA_DIR = os.path.join(os.path.dirname(__file__), '..', '..', 'shared', 'data', 'LA')
@@ -192,7 +192,7 @@ def test_la_errors_are_one_line(tmp_path):
   with pytest.raises(DataError, match=r'mri_norm2.h5: listed in train.list but missing$'):
     datasets.load_data(config_3d(str(tmp_path), holdout_num=1))
   with pytest.raises(DataError, match='holdout_num=4 must be between 1 and 3'):
-    la.holdout_split(['A', 'B', 'C', 'D'], None, 4, 'train.list')
+    splits.holdout_split(['A', 'B', 'C', 'D'], None, 4, 'train.list')
   c = config_3d(str(tmp_path))
   c.num_classes = 3
   with pytest.raises(ConfigError, match='LA has 2 classes'):
@@ -271,12 +271,12 @@ def test_k_fold_splits_cover_every_case_once():
   train, test = [f'C{i}' for i in range(8)], ['T0', 'T1']
   validated = []
   for fold in range(3):
-    rest, val = la.holdout_split(train, test, 4, 'train.list', folds=3, fold=fold)
+    rest, val = splits.holdout_split(train, test, 4, 'train.list', folds=3, fold=fold)
     assert sorted(rest + val) == sorted(train + test) and not set(rest) & set(val)
     validated += val
   assert validated == train + test  # contiguous folds, in list order
   with pytest.raises(DataError, match='data.folds=11'):
-    la.holdout_split(train, test, 4, 'train.list', folds=11)
+    splits.holdout_split(train, test, 4, 'train.list', folds=11)
 
 
 def test_run_folds_trains_every_fold_and_summarizes(tmp_path, monkeypatch):
