@@ -145,14 +145,9 @@ def load_volume(patient_dir: readers.PathLike, frame_index: int, *, num_classes:
   frame = _acdc_frame_number(patient_dir, pid, frame_index)
   image_path = readers.nifti_path(patient_dir, f'{pid}_frame{frame:02d}')
   gt_path = readers.nifti_path(patient_dir, f'{pid}_frame{frame:02d}_gt')
-  data, affine, zooms = readers.read_nifti(image_path)
-  if data.ndim != 3:
-    raise DataError(f'{image_path}: expected a 3D image, got shape {data.shape}')
-
-  label = None
-  if require_label or os.path.exists(gt_path):
-    gt = readers.read_nifti_label(gt_path, data.shape, image_path)
-    label = np.ascontiguousarray(readers.check_label(gt_path, gt, num_classes).transpose(2, 1, 0))
+  data, affine, zooms, gt = readers.read_volume_and_label(image_path, gt_path, require_label)
+  label = None if gt is None else np.ascontiguousarray(
+      readers.check_label(gt_path, gt, num_classes).transpose(2, 1, 0))
 
   # float64 arithmetic, then float32, as SSL4MIS does on SimpleITK's integer arrays.
   x = data.astype(np.float64)
@@ -277,6 +272,4 @@ def check(root: str, config) -> spec.Findings:
 
 SPEC = spec.DatasetSpec(
     name='acdc_nifti', detect=is_acdc_layout, load=load,
-    classes=spec.fixed_classes(CLASS_NAMES), check=check,
-    axes=spec.slices_last, normalize=spec.minmax,
-    hint='ACDC NIfTI folders patientXXX/')
+    classes=spec.fixed_classes(CLASS_NAMES), check=check, hint='ACDC NIfTI folders patientXXX/')

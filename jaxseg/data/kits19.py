@@ -109,13 +109,9 @@ def load_case(case_dir: str | os.PathLike, *, window: tuple[float, float] = DEFA
     raise DataError(f'{case_dir}: KiTS19 case folder not found')
   image_path = readers.nifti_path(case_dir, 'imaging')
   seg_path = readers.nifti_path(case_dir, 'segmentation')
-  hu, affine, zooms = readers.read_nifti(image_path)
-  if hu.ndim != 3:
-    raise DataError(f'{image_path}: expected a 3D CT volume, got shape {hu.shape}')
-  label = None
-  if require_label or os.path.exists(seg_path):
-    seg = readers.read_nifti_label(seg_path, hu.shape, image_path)
-    label = readers.check_label(seg_path, seg, NUM_CLASSES)
+  hu, affine, zooms, seg = readers.read_volume_and_label(image_path, seg_path, require_label,
+                                                        'CT volume')
+  label = None if seg is None else readers.check_label(seg_path, seg, NUM_CLASSES)
   return Volume(
     name=os.path.basename(os.path.normpath(case_dir)),
     image=readers.window_ct(hu, window, 'data.kits19.window'),

@@ -174,6 +174,19 @@ def read_nifti_label(label_path: str, image_shape: tuple[int, ...], image_path: 
   return label
 
 
+def read_volume_and_label(image_path: str, label_path: str, require_label: bool = True,
+                          what: str = 'image') -> tuple[np.ndarray, np.ndarray, tuple, np.ndarray | None]:
+  """(image, affine, zooms, label as stored or None) of a 3D image NIfTI and its label file;
+  the label is read when required or present, its shape checked against the image's."""
+  data, affine, zooms = read_nifti(image_path)
+  if data.ndim != 3:
+    raise DataError(f'{image_path}: expected a 3D {what}, got shape {data.shape}')
+  label = None
+  if require_label or os.path.exists(label_path):
+    label = read_nifti_label(label_path, data.shape, image_path)
+  return data, affine, zooms, label
+
+
 def nifti_path(folder: str, stem: str) -> str:
   """`folder/stem.nii.gz`, or `.nii` if only that exists (the .nii.gz name for messages)."""
   for ext in _NIFTI_EXTS:
@@ -233,8 +246,7 @@ def read_pair(image_path: str, label_path: str,
   """Reads a 3D image and its label file, both as (D, H, W) = (Z, Y, X).
 
   MSD and MM-WHS read their cases so. The affine is the file's and refers to nibabel's
-  (X, Y, Z) order: save a prediction `pred`
-  of shape (D, H, W) as `nib.Nifti1Image(pred.transpose(2, 1, 0), volume.affine)`.
+  (X, Y, Z) order: save a prediction `pred` of shape (D, H, W) as `nib.Nifti1Image(pred.transpose(2, 1, 0), volume.affine)`.
 
   Returns:
     (the Volume, image min-max normalized, label None; the label with the file's values as
@@ -245,12 +257,9 @@ def read_pair(image_path: str, label_path: str,
     DataError: missing or unreadable files, not 3D, label shape differs from the image's,
       constant image.
   """
-  data, affine, zooms = read_nifti(image_path)
-  if data.ndim != 3:
-    raise DataError(f'{image_path}: expected a 3D single-channel image, got shape {data.shape}')
-  label = None
-  if require_label or os.path.exists(label_path):
-    label = to_dhw(read_nifti_label(label_path, data.shape, image_path))
+  data, affine, zooms, label = read_volume_and_label(image_path, label_path, require_label,
+                                                     'single-channel image')
+  label = None if label is None else to_dhw(label)
   # A view in, a C-contiguous copy out: one copy of the volume besides the file's data.
   volume = Volume(name=case_name(image_path), image=minmax_normalize(to_dhw(data), image_path),
                   label=None, spacing=(zooms[2], zooms[1], zooms[0]), affine=affine,
