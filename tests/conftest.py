@@ -67,6 +67,24 @@ def data_config(data_dir, num_classes: int, image_order: int = 1, **data):
       data={'dir': str(data_dir), 'labeled_num': 1, 'image_order': image_order, **data}))
 
 
+def config_3d(data_dir='', **data):
+  """A 3D config of one foreground class on `data_dir` (the tiny 3D phantom when empty)."""
+  from jaxseg import config as config_lib  # noqa: PLC0415
+  c = config_lib.base_config()
+  c.num_classes = 2
+  c.class_names = ('target',)
+  c.data.dir = data_dir
+  c.data.crop_shape = (16, 16, 8)
+  c.data.labeled_num = 2
+  c.data.holdout_num = 2
+  c.data.labeled_batch = 2
+  c.data.unlabeled_batch = 2
+  c.data.read_threads = 1
+  c.data.synthetic3d.update(dict(num_train=6, num_val=1, num_test=1, size=20))
+  c.data.update(data)
+  return c
+
+
 def tiny_config(experiment: str = 'smoke', **data):
   """An experiment's config shrunk to the smoke test's size (a few seconds per run)."""
   from jaxseg import config as config_lib

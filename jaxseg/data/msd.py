@@ -37,7 +37,7 @@ from collections.abc import Sequence
 import ml_collections
 import numpy as np
 
-from jaxseg.data import readers, spec, splits, transforms
+from jaxseg.data import readers, spec, splits
 from jaxseg.data.sources import SegmentationData
 from jaxseg.data.volume import Volume
 from jaxseg.errors import DataError

@@ -13,7 +13,7 @@ import pytest
 
 from jaxseg.data import acdc, readers
 from jaxseg.data.volume import Volume
-from jaxseg.errors import DataError
+from jaxseg.errors import ConfigError, DataError
 
 ACDC_ROOT = pathlib.Path('/work/shared/data/ACDC')
 needs_acdc = pytest.mark.skipif(
@@ -389,3 +389,14 @@ def test_read_real_acdc_slice_and_volume():
   # With too few classes the real labels are rejected, naming the values.
   with pytest.raises(DataError, match=r'label values \[3\] outside 0\.\.2'):
     readers.read_h5(ACDC_ROOT / 'data' / f'{vol_name}.h5', num_classes=3)
+
+
+def test_window_ct_known_values():
+  hu = np.array([-2000.0, -79.0, 112.5, 304.0, 3000.0])
+  np.testing.assert_allclose(readers.window_ct(hu, (-79.0, 304.0)), [0.0, 0.0, 0.5, 1.0, 1.0],
+                             atol=1e-7)
+  assert readers.window_ct(hu, (-79.0, 304.0)).dtype == np.float32
+  np.testing.assert_allclose(readers.window_ct(np.array([0.0, 50.0, 100.0]), (0, 100)),
+                             [0.0, 0.5, 1.0])
+  with pytest.raises(ConfigError, match='window'):
+    readers.window_ct(hu, (100, 100))
