@@ -8,7 +8,8 @@ classes), optionally `<name>_prob.nii.gz` class probabilities (float32, classes 
 Geometry: a NIfTI prediction has the input's array shape and axis order, affine and header (data
 type and scaling reset), so it overlays the input exactly in ITK-SNAP or 3D Slicer. The network
 sees the array rearranged to jaxseg's (D, H, W) and normalized the way the run's data loader does
-it (the dataset's `axes` and `normalize` in jaxseg/data/datasets.py); the prediction is put back in the file's order before it is written.
+it (the dataset's `axes` and `normalize` in jaxseg/data/datasets.py); the prediction is put back
+in the file's order before it is written.
 h5 files carry no geometry: `image` is taken as stored, (D, H, W) for SSL4MIS ACDC volumes, and
 the prediction is written in that same array order with an identity affine, beside the image
 itself as `<name>_image.nii.gz` so that the two overlay in a viewer.

@@ -1,10 +1,11 @@
 """Checks a dataset folder before training: `python -m jaxseg.data.check --data-dir PATH`.
 
 Detects the layout as training does (the table in `datasets.py`), reads every file a run would
-read (the dataset's own `check` lists them), and reports per split the counts, shapes, voxel spacings, intensity ranges and label
-values, then every problem by file name. Unlike training, which stops at the first bad file,
-the check goes on and lists them all. Exit status 0 when the data would train, 2 when a problem
-would stop training (a missing, unreadable or inconsistent file, a label outside 0..K-1).
+read (the dataset's own `check` lists them), and reports per split the counts, shapes, voxel
+spacings, intensity ranges and label values, then every problem by file name. Unlike training,
+which stops at the first bad file, the check goes on and lists them all. Exit status 0 when the
+data would train, 2 when a problem would stop training (a missing, unreadable or inconsistent
+file, a label outside 0..K-1).
 
 A dataset module's `check` lists its files without reading them (its loader would stop at the
 first error); a dataset without one is checked through its `load` and the sources it returns,

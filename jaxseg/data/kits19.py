@@ -91,7 +91,8 @@ def load_case(case_dir: str | os.PathLike, *, window: tuple[float, float] = DEFA
   """Loads one KiTS19 case as a windowed Volume.
 
   The official KiTS19 NIfTI arrays are stored as (slices, H, W) (github.com/neheller/kits19
-  README: shapes are `(num_slices, height, width)`): nibabel's axis 0 is the axial axis. They are kept as stored, (D, H, W) = the array, unlike ACDC which is transposed. The
+  README: shapes are `(num_slices, height, width)`): nibabel's axis 0 is the axial axis. They
+  are kept as stored, (D, H, W) = the array, unlike ACDC which is transposed. The
   spacing is the NIfTI zooms in the same order (slice thickness first); the affine is the
   file's and refers to the same (D, H, W) order, so a prediction of shape (D, H, W) is saved
   untransposed: `nib.Nifti1Image(pred, volume.affine)`.

@@ -19,11 +19,11 @@ has a commented-out mapping in another order (500 -> 1, 600 -> 2, 420 -> 3, 550 
 ...); the order changes class indices only, not any per-class or mean Dice.
 
 Preprocessing is Hu et al.'s (MICCAI 2021, section 3), as msd.py's (`readers.read_pair`):
-slices along the last NIfTI axis (the axial one, 512x512 in-plane) as Hu's code does, held as (D, H, W) =
-(Z, Y, X); min-max normalization of the whole volume; training slices resized in-plane to
-160x160 at load (`data.mmwhs.train_size`): 10 training volumes of about 250 slices take some
-0.3 GB at 160x160 against 3 GB at 512x512. Evaluation volumes stay native, are loaded one at a
-time (LazyVolumes) and are resized slice by slice by the evaluation (`eval.patch_size`).
+slices along the last NIfTI axis (the axial one, 512x512 in-plane) as Hu's code does, held as
+(D, H, W) = (Z, Y, X); min-max normalization of the whole volume; training slices resized
+in-plane to 160x160 at load (`data.mmwhs.train_size`): 10 training volumes of about 250 slices
+take some 0.3 GB at 160x160 against 3 GB at 512x512. Evaluation volumes stay native, are loaded
+one at a time (LazyVolumes) and are resized slice by slice by the evaluation (`eval.patch_size`).
 The split is train:val:test = 2:1:1 (10/5/5 cases), a seeded permutation (`data.split_seed`);
 the labeled cases are the first `data.labeled_fraction` of the permuted training list (10/20/40%
 in Hu's Table 1: 1, 2 and 4 cases).

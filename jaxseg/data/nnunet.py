@@ -139,11 +139,10 @@ def find_cases(root: str, meta: Meta) -> tuple[dict[str, Case], list[str]]:
     images = tuple(os.path.join(folder, f'{case}_{c:04d}{meta.file_ending}')
                    for c in range(len(meta.channels)))
     label = os.path.join(root, 'labelsTr', f'{case}{meta.file_ending}')
-    missing = [p for c, p in enumerate(images) if c not in channels]
+    missing = [(c, p) for c, p in enumerate(images) if c not in channels]
     extra = sorted(c for c in channels if c >= len(meta.channels))
-    problems += [f'{p}: missing (channel {os.path.basename(p)[-len(meta.file_ending) - 4:][:4]} '
-                 f'of case {case}; dataset.json lists {len(meta.channels)} channels)'
-                 for p in missing]
+    problems += [f'{p}: missing (channel {c:04d} of case {case}; dataset.json lists '
+                 f'{len(meta.channels)} channels)' for c, p in missing]
     if extra:
       problems.append(f'{images[0]}: case {case} has channel files {extra} beyond the '
                       f'{len(meta.channels)} of dataset.json')

@@ -174,8 +174,9 @@ def read_nifti_label(label_path: str, image_shape: tuple[int, ...], image_path: 
   return label
 
 
-def read_volume_and_label(image_path: str, label_path: str, require_label: bool = True,
-                          what: str = 'image') -> tuple[np.ndarray, np.ndarray, tuple, np.ndarray | None]:
+def read_volume_and_label(
+    image_path: str, label_path: str, require_label: bool = True, what: str = 'image'
+) -> tuple[np.ndarray, np.ndarray, tuple, np.ndarray | None]:
   """(image, affine, zooms, label as stored or None) of a 3D image NIfTI and its label file;
   the label is read when required or present, its shape checked against the image's."""
   data, affine, zooms = read_nifti(image_path)
@@ -246,7 +247,8 @@ def read_pair(image_path: str, label_path: str,
   """Reads a 3D image and its label file, both as (D, H, W) = (Z, Y, X).
 
   MSD and MM-WHS read their cases so. The affine is the file's and refers to nibabel's
-  (X, Y, Z) order: save a prediction `pred` of shape (D, H, W) as `nib.Nifti1Image(pred.transpose(2, 1, 0), volume.affine)`.
+  (X, Y, Z) order: save a prediction `pred` of shape (D, H, W) as
+  `nib.Nifti1Image(pred.transpose(2, 1, 0), volume.affine)`.
 
   Returns:
     (the Volume, image min-max normalized, label None; the label with the file's values as

@@ -23,7 +23,7 @@ from jaxseg.data.volume import Volume
 
 @dataclasses.dataclass
 class Item:
-  """One file to read in the check: `load()` returns a Volume (3D) or an {'image', 'label'} slice."""
+  """One file to read in the check: `load()` gives a Volume (3D) or an {'image', 'label'} slice."""
 
   path: str
   load: Callable[[], object]
