@@ -26,9 +26,9 @@ from collections.abc import Sequence
 import ml_collections
 import numpy as np
 
-from jaxseg.data import readers, spec, splits, transforms
+from jaxseg.data import readers, spec, splits
 from jaxseg.data.sources import SegmentationData
-from jaxseg.data.volume import Volume
+from jaxseg.data.volume import Volume, resized
 from jaxseg.errors import DataError
 
 NUM_CLASSES = 3
@@ -189,7 +189,7 @@ def load(config: ml_collections.ConfigDict) -> SegmentationData:
   def load_one(case: str) -> Volume:
     return load_case(case_dir(root, case), window=window)
 
-  load_train = transforms.resized(load_one, int(SPEC.block(config)['train_size']),
+  load_train = resized(load_one, int(SPEC.block(config)['train_size']),
                                   int(config.data.get('image_order', 1)))
   return spec.assemble(
       'kits19', [load_train(c) for c in split['train']], n_labeled,

@@ -29,8 +29,7 @@ import ml_collections
 import numpy as np
 
 from jaxseg.data import readers, spec, splits
-from jaxseg.data.sources import LazyVolumes, SegmentationData
-from jaxseg.data.transforms3d import VolumeSource
+from jaxseg.data.sources import LazyVolumes, SegmentationData, VolumeSource
 from jaxseg.data.volume import Volume
 from jaxseg.errors import ConfigError, DataError
 

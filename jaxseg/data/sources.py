@@ -1,6 +1,6 @@
 """Random-access sources of 2D training slices and of 3D evaluation volumes.
 
-Sources satisfy Grain's RandomAccessDataSource protocol (`__len__`, `__getitem__`) and return
+Sources satisfy Grain's RandomAccessDataSource protocol (3D runs: `VolumeSource`, whole volumes) (`__len__`, `__getitem__`) and return
 `{'image': float32 (H, W), 'label': uint8 (H, W)}`; unlabeled sources omit 'label'. Files are read
 lazily, one per access, and every read is checked (readers.py), so a bad file is named when it
 is first touched.
@@ -56,6 +56,24 @@ class VolumeSliceSource:
     element = {'image': volume.image[s]}
     if self.with_label:
       element['label'] = volume.label[s]
+    return element
+
+
+class VolumeSource:
+  """Whole in-memory volumes for Grain: `{'image': (D, H, W)}` plus `'label'` when labeled."""
+
+  def __init__(self, volumes: Sequence[Volume], with_label: bool):
+    self.volumes = list(volumes)
+    self.with_label = with_label
+
+  def __len__(self) -> int:
+    return len(self.volumes)
+
+  def __getitem__(self, index: int) -> dict[str, np.ndarray]:
+    volume = self.volumes[index]
+    element = {'image': volume.image}
+    if self.with_label:
+      element['label'] = volume.label
     return element
 
 

@@ -15,10 +15,9 @@ from typing import Any
 
 import numpy as np
 
-from jaxseg.data import splits, transforms
-from jaxseg.data.sources import LazyVolumes, SegmentationData, VolumeSliceSource
-from jaxseg.data.transforms3d import VolumeSource
-from jaxseg.data.volume import Volume
+from jaxseg.data import splits
+from jaxseg.data.sources import LazyVolumes, SegmentationData, VolumeSliceSource, VolumeSource
+from jaxseg.data.volume import Volume, resized
 
 
 @dataclasses.dataclass
@@ -135,7 +134,7 @@ def load_resized(config, name: str, split: dict[str, list[str]], load_one: Calla
   native; Hu et al.'s protocol, MSD and MM-WHS); val and test read on access at native size."""
   train = split['train']
   n_labeled = splits.num_labeled(config, len(train), config.data.dir)
-  load_train = transforms.resized(load_one, train_size, int(config.data.get('image_order', 1)))
+  load_train = resized(load_one, train_size, int(config.data.get('image_order', 1)))
   size = f'{train_size}x{train_size}' if train_size else 'native size'
   return assemble(
       name, [load_train(c) for c in train], n_labeled, lazy_splits(split, load_one),

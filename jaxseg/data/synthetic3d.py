@@ -14,8 +14,7 @@ import numpy as np
 from scipy import ndimage
 
 from jaxseg.data import spec, splits
-from jaxseg.data.sources import SegmentationData
-from jaxseg.data.transforms3d import VolumeSource
+from jaxseg.data.sources import SegmentationData, VolumeSource
 from jaxseg.data.volume import Volume
 from jaxseg.errors import ConfigError
 
