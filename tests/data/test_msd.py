@@ -213,14 +213,6 @@ def test_load_msd(hippo_root):
     msd.load(_config(hippo_root, 4))
 
 
-def test_msd_missing_label_names_file(hippo_root):
-  path = hippo_root / 'labelsTr' / 'hippocampus_007.nii.gz'
-  path.unlink()
-  with pytest.raises(DataError, match='file not found') as e:
-    msd.load(_config(hippo_root, 3, labeled_fraction=0.5))
-  assert str(e.value).startswith(str(path)) and '\n' not in str(e.value)
-
-
 def test_msd_bad_label_value_names_file(hippo_root):
   image, label = _hippo_arrays(0)
   label[0, 0, 0] = 3
@@ -229,15 +221,6 @@ def test_msd_bad_label_value_names_file(hippo_root):
   _, cases = msd.read_dataset_json(hippo_root)
   with pytest.raises(DataError, match=r'label values \[3\] outside 0\.\.2') as e:
     msd.load_case(*cases['hippocampus_001'], num_classes=3)
-  assert str(e.value).startswith(str(path))
-
-
-def test_msd_shape_mismatch_names_file(hippo_root):
-  path = hippo_root / 'labelsTr' / 'hippocampus_004.nii.gz'
-  _save_nifti(np.zeros((9, 12, 4), np.uint8), path, HIPPO_ZOOMS)
-  _, cases = msd.read_dataset_json(hippo_root)
-  with pytest.raises(DataError, match='differs from image shape') as e:
-    msd.load_case(*cases['hippocampus_004'], num_classes=3)
   assert str(e.value).startswith(str(path))
 
 
@@ -326,14 +309,6 @@ def test_load_mmwhs(ct_root):
     mmwhs.load(_config(ct_root, 3))
 
 
-def test_mmwhs_missing_label_names_file(ct_root):
-  path = ct_root / 'ct_train' / 'ct_train_1006_label.nii.gz'
-  path.unlink()
-  with pytest.raises(DataError, match='file not found') as e:
-    mmwhs.load(_config(ct_root, 8, labeled_fraction=0.5))
-  assert str(e.value).startswith(str(path)) and '\n' not in str(e.value)
-
-
 def test_mmwhs_unknown_label_value_names_file(ct_root):
   image, label = _ct_arrays(0)
   label[0, 0, 0] = 421
@@ -344,14 +319,6 @@ def test_mmwhs_unknown_label_value_names_file(ct_root):
   assert str(e.value).startswith(str(path)) and '\n' not in str(e.value)
 
 
-def test_mmwhs_shape_mismatch_names_file(ct_root):
-  path = ct_root / 'ct_train' / 'ct_train_1002_label.nii.gz'
-  _save_nifti(np.zeros((16, 14, 5), np.int16), path, CT_ZOOMS)
-  with pytest.raises(DataError, match='differs from image shape') as e:
-    mmwhs.load_case(*mmwhs.find_cases(ct_root)['ct_train_1002'])
-  assert str(e.value).startswith(str(path))
-
-
 def test_mmwhs_corrupt_gz_names_file(ct_root):
   path = ct_root / 'ct_train' / 'ct_train_1004_label.nii.gz'
   data = path.read_bytes()
@@ -359,6 +326,40 @@ def test_mmwhs_corrupt_gz_names_file(ct_root):
   with pytest.raises(DataError, match='not a readable NIfTI') as e:
     mmwhs.load_case(*mmwhs.find_cases(ct_root)['ct_train_1004'])
   assert str(e.value).startswith(str(path)) and '\n' not in str(e.value)
+
+
+# ---------------------------------------------------------------------------------------------
+# Errors both layouts name the same way.
+
+
+def _load_one(module, root, name):
+  if module is msd:
+    return msd.load_case(*msd.read_dataset_json(root)[1][name], num_classes=3)
+  return mmwhs.load_case(*mmwhs.find_cases(root)[name])
+
+
+@pytest.mark.parametrize('module, root_fixture, label, num_classes', [
+    (msd, 'hippo_root', 'labelsTr/hippocampus_007.nii.gz', 3),
+    (mmwhs, 'ct_root', 'ct_train/ct_train_1006_label.nii.gz', 8)])
+def test_missing_label_names_file(module, root_fixture, label, num_classes, request):
+  root = request.getfixturevalue(root_fixture)
+  (root / label).unlink()
+  with pytest.raises(DataError, match='file not found') as e:
+    module.load(_config(root, num_classes, labeled_fraction=0.5))
+  assert str(e.value).startswith(str(root / label)) and '\n' not in str(e.value)
+
+
+@pytest.mark.parametrize('module, root_fixture, case, label, shape, zooms', [
+    (msd, 'hippo_root', 'hippocampus_004', 'labelsTr/hippocampus_004.nii.gz', (9, 12, 4),
+     HIPPO_ZOOMS),
+    (mmwhs, 'ct_root', 'ct_train_1002', 'ct_train/ct_train_1002_label.nii.gz', (16, 14, 5),
+     CT_ZOOMS)])
+def test_label_shape_mismatch_names_file(module, root_fixture, case, label, shape, zooms, request):
+  root = request.getfixturevalue(root_fixture)
+  _save_nifti(np.zeros(shape, np.int16), root / label, zooms)
+  with pytest.raises(DataError, match='differs from image shape') as e:
+    _load_one(module, root, case)
+  assert str(e.value).startswith(str(root / label))
 
 
 # ---------------------------------------------------------------------------------------------
