@@ -247,8 +247,8 @@ def split_cases(root: str, names: list[str], config) -> tuple[dict[str, list[str
   for file in SPLIT_FILES:
     path = os.path.join(root, file)
     if os.path.isfile(path):
-      return _split_from_file(path, names, int(config.data.get('fold', 0))), f'{file} fold ' \
-          f'{config.data.get("fold", 0)}'
+      fold = int(config.data.get('fold', 0))
+      return _split_from_file(path, names, fold), f'{file} fold {fold}'
   fraction = float(SPEC.block(config)['val_fraction'])
   if not 0.0 < fraction < 1.0:
     raise ConfigError(f'data.nnunet.val_fraction={fraction}: must be in (0, 1)')
@@ -343,7 +343,6 @@ def check(root: str, config) -> spec.Findings:
             cases[c], channel=channel, num_classes=len(meta.class_names), meta_path=meta.path,
             all_channels=True)) for c in names]
   return found
-
 
 
 def classes(config) -> tuple[str, ...]:
