@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxseg.data import datasets, readers, transforms
+from jaxseg.data import readers, splits, ssl4mis, transforms
 from jaxseg.losses import plgcl
 
 CLASS_NAMES = ('BG', 'RV', 'MYO', 'LV')
@@ -29,8 +29,8 @@ CLASS_NAMES = ('BG', 'RV', 'MYO', 'LV')
 def read_labeled_slices(data_dir: str, labeled_patients: int, size: int,
                         num_classes: int) -> tuple[np.ndarray, np.ndarray]:
   """(images (N, size, size) float32, labels (N, size, size) int32) of the labeled slices."""
-  names = datasets._read_list(os.path.join(data_dir, 'train_slices.list'))  # noqa: SLF001
-  n = datasets.first_patients(names, labeled_patients)
+  names = splits.read_list(os.path.join(data_dir, 'train_slices.list'))
+  n = ssl4mis.first_patients(names, labeled_patients)
   images, labels = [], []
   for name in names[:n]:
     image, label = readers.read_h5(os.path.join(data_dir, 'data', 'slices', f'{name}.h5'),

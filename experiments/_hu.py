@@ -95,7 +95,8 @@ def hippocampus_hu(mode: str, profile: str):
                      global_batch=120, local_batch=4, finetune_batch=8)
   config.num_classes = 3
   config.class_names = ('anterior', 'posterior')
-  config.data.update(labeled_fraction=0.1, msd_train_size=64, image_size=64, image_order=1)
+  config.data.update(labeled_fraction=0.1, image_size=64, image_order=1)
+  config.data.msd.train_size = 64
   config.eval.update(patch_size=64, interp_order=1)
   return config
 
@@ -114,6 +115,7 @@ def mmwhs_hu(mode: str, profile: str):
                      global_batch=120, local_batch=4, finetune_batch=8)
   config.num_classes = mmwhs.NUM_CLASSES
   config.class_names = mmwhs.CLASS_NAMES
-  config.data.update(labeled_fraction=0.2, mmwhs_train_size=160, image_size=160, image_order=1)
+  config.data.update(labeled_fraction=0.2, image_size=160, image_order=1)
+  config.data.mmwhs.train_size = 160
   config.eval.update(every=500, patch_size=160, interp_order=1)
   return config

@@ -5,7 +5,7 @@
 
 Paper (Table 2, CRAG, 10% labeled): DSC 0.882, HD95 1.50, ASD 2.42 (20%: 0.891; fully
 supervised 0.911). The 213 images of train/ and valid/ are pooled and split 80/10/10 with a seeded
-permutation (the paper's split is unpublished); images in gray (BT.601; `data.crag_channels=3` for
+permutation (the paper's split is unpublished); images in gray (BT.601; `data.crag.channels=3` for
 RGB) resized to 256x256. Same method settings as acdc_plgcl. Without --data-dir: the synthetic
 cardiac phantom at the CPU profile, to exercise the method only.
 """

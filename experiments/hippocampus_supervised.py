@@ -36,7 +36,8 @@ def get_config(profile: str = 'paper'):
   config.num_classes = 3
   config.class_names = ('anterior', 'posterior')
   config.steps = 8_640
-  config.data.update(labeled_fraction=0.1, msd_train_size=64, image_size=64,
+  config.data.update(labeled_fraction=0.1, image_size=64,
                      image_order=1)  # bilinear, as Hu's resize
+  config.data.msd.train_size = 64  # Hu's training slices, resized at load
   config.eval.update(patch_size=64, interp_order=1)
   return config

@@ -20,6 +20,7 @@ def get_config(profile: str = 'paper'):
     return config
   config.num_classes = 3
   config.class_names = ('kidney', 'tumour')
-  config.data.update(labeled_fraction=0.1, kits_train_size=256, image_size=256)
+  config.data.update(labeled_fraction=0.1, image_size=256)
+  config.data.kits19.train_size = 256
   config.eval.patch_size = 256
   return config

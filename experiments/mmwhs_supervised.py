@@ -35,8 +35,9 @@ def get_config(profile: str = 'paper'):
   config.num_classes = mmwhs.NUM_CLASSES
   config.class_names = mmwhs.CLASS_NAMES
   config.steps = 7_500
-  config.data.update(labeled_fraction=0.2, mmwhs_train_size=160, image_size=160,
+  config.data.update(labeled_fraction=0.2, image_size=160,
                      image_order=1)  # bilinear, as Hu's resize
+  config.data.mmwhs.train_size = 160  # Hu's training slices, resized at load
   # A validation pass reads 5 CT volumes of some 100 MB each: every 500 steps, not 200.
   config.eval.update(every=500, patch_size=160, interp_order=1)
   return config

@@ -14,6 +14,7 @@ import pathlib
 
 import ml_collections
 
+from jaxseg.data import datasets
 from jaxseg.errors import ConfigError, DataError
 
 EXPERIMENTS_DIR = pathlib.Path(__file__).resolve().parent.parent / 'experiments'
@@ -33,14 +34,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.labeled_num = 7  # patients (ACDC) or volumes (synthetic); SSL4MIS 7 = 136 slices
   # KiTS19, CRAG, MSD, MM-WHS: the fraction of training cases labeled (0: labeled_num).
   c.data.labeled_fraction = 0.0
-  c.data.split_seed = 0  # KiTS19/CRAG/MSD/MM-WHS have no published split: a seeded permutation
-  c.data.kits_window = (-79.0, 304.0)  # HU window (nnU-Net's KiTS19 foreground percentiles)
-  c.data.kits_train_size = 0  # resize KiTS19 training slices at load (0: native 512)
-  c.data.crag_channels = 1  # CRAG: 1 (BT.601 luma) or 3 (RGB)
-  # Hu et al. (MICCAI 2021) train at 64 (Hippocampus) and 160 (MM-WHS): resize training
-  # slices at load, which also keeps MM-WHS's 512x512 CT in memory at a tenth (0: native).
-  c.data.msd_train_size = 64  # MSD task (Hippocampus) training slices
-  c.data.mmwhs_train_size = 160  # MM-WHS CT training slices
+  # KiTS19/CRAG/MSD/MM-WHS/nnU-Net have no published split: a seeded permutation
+  c.data.split_seed = 0
   c.data.image_size = 256
   c.data.labeled_batch = 12
   c.data.unlabeled_batch = 12
@@ -67,12 +62,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.folds = 0
   c.data.fold = 0
   c.data.holdout_num = 4  # LA/Pancreas without test.list: last N of train.list validate
-  c.data.pancreas_window = (-120.0, 240.0)  # HU (Karimijafarbigloo et al., section 3)
-  c.data.pancreas_margin = 25  # voxels kept around the pancreas bounding box
-  c.data.synthetic3d = ml_collections.ConfigDict(
-      dict(num_train=24, num_val=4, num_test=4, size=48))
-  c.data.synthetic = ml_collections.ConfigDict(
-      dict(num_train=40, num_val=8, num_test=8, num_slices=8, size=128))
+  # Each dataset's own options, `data.<dataset>.<key>` (e.g. data.kits19.window), defaults in
+  # its module (jaxseg/data/datasets.py); a run keeps only its own dataset's block.
+  c.data.update(datasets.default_blocks())
 
   c.model = ml_collections.ConfigDict()
   c.model.name = 'unet'
@@ -399,6 +391,9 @@ CORE_KEYS = ('data', 'model', 'losses', 'num_classes', 'steps', 'optimizer', 'ev
 def with_defaults(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """`config` over `base_config()`: keys it lacks (newer than the run) get their defaults."""
   merged = base_config()
+  if 'data' in config:
+    with config.unlocked():
+      datasets.upgrade_old_keys(config.data)
 
   def merge(node, update):
     for key, value in update.items():

@@ -7,8 +7,9 @@ classes), optionally `<name>_prob.nii.gz` class probabilities (float32, classes 
 
 Geometry: a NIfTI prediction has the input's array shape and axis order, affine and header (data
 type and scaling reset), so it overlays the input exactly in ITK-SNAP or 3D Slicer. The network
-sees the array rearranged to jaxseg's (D, H, W) the way the run's data loader does it
-(`CONVENTIONS`); the prediction is put back in the file's order before it is written.
+sees the array rearranged to jaxseg's (D, H, W) and normalized the way the run's data loader does
+it (the dataset's `axes` and `normalize` in jaxseg/data/datasets.py); the prediction is put back
+in the file's order before it is written.
 h5 files carry no geometry: `image` is taken as stored, (D, H, W) for SSL4MIS ACDC volumes, and
 the prediction is written in that same array order with an identity affine, beside the image
 itself as `<name>_image.nii.gz` so that the two overlay in a viewer.
@@ -20,7 +21,6 @@ import dataclasses
 import fnmatch
 import os
 import sys
-from typing import Callable
 
 import numpy as np
 
@@ -28,6 +28,8 @@ import nibabel as nib
 import tqdm
 
 from jaxseg import cli
+from jaxseg.data import datasets, readers
+from jaxseg.data.spec import DatasetSpec
 from jaxseg.errors import DataError, JaxsegError
 from jaxseg.evaluation import inference
 from jaxseg.training import distributed, runs
@@ -35,77 +37,22 @@ from jaxseg.training import distributed, runs
 INPUT_EXTS = ('.nii.gz', '.nii', '.h5')
 
 
-@dataclasses.dataclass(frozen=True)
-class Convention:
-  """How a run's data loader turns a NIfTI file's array into the network's (D, H, W) input.
-
-  Attributes:
-    axes: permutation of the stored axes giving (D, H, W), e.g. (2, 1, 0) for nibabel's
-      (X, Y, Z) -> (Z, Y, X).
-    normalize: `(image, config) -> image in the range the run was trained on`.
-  """
-
-  axes: tuple[int, int, int]
-  normalize: Callable[[np.ndarray, object], np.ndarray]
-
-
-def minmax(image: np.ndarray, config=None) -> np.ndarray:
-  """`(x - min) / (max - min)` per volume, as SSL4MIS prepared ACDC; a constant image gives 0."""
-  del config
-  x = image.astype(np.float64)
-  lo, hi = x.min(), x.max()
-  return ((x - lo) / (hi - lo) if hi > lo else np.zeros_like(x)).astype(np.float32)
-
-
-def zscore(image: np.ndarray, config=None) -> np.ndarray:
-  """`(x - mean) / std` per volume, as UA-MT prepared its left-atrium h5 files."""
-  del config
-  x = image.astype(np.float64)
-  return ((x - x.mean()) / max(x.std(), 1e-8)).astype(np.float32)
-
-
-def _window(image: np.ndarray, config, key: str, default) -> np.ndarray:
-  from jaxseg.data import kits19  # noqa: PLC0415 (CT runs only)
-  return kits19.window_ct(image, tuple(config.data.get(key) or default))
-
-
-def kits_window(image: np.ndarray, config) -> np.ndarray:
-  """The run's `data.kits_window` (HU) mapped to [0, 1], as the KiTS19 loader does."""
-  return _window(image, config, 'kits_window', (-79.0, 304.0))
-
-
-def pancreas_window(image: np.ndarray, config) -> np.ndarray:
-  """The run's `data.pancreas_window` (HU) mapped to [0, 1], as the pancreas loader does."""
-  return _window(image, config, 'pancreas_window', (-120.0, 240.0))
-
-
-# Keyed by `datasets.detect_layout` names, as each loader's docstring states: ACDC (and the
-# SSL4MIS h5 made from it), MSD and MM-WHS transpose nibabel's (X, Y, Z) to (Z, Y, X) as
-# SimpleITK does; KiTS19, pancreas and LA keep the stored order. A layout not listed gets
-# DEFAULT_CONVENTION; a new loader registers its own here.
-CONVENTIONS: dict[str, Convention] = {
-    'ssl4mis_h5': Convention((2, 1, 0), minmax),
-    'acdc_nifti': Convention((2, 1, 0), minmax),
-    'synthetic': Convention((2, 1, 0), minmax),
-    'msd': Convention((2, 1, 0), minmax),
-    'mmwhs': Convention((2, 1, 0), minmax),
-    'kits19': Convention((0, 1, 2), kits_window),
-    'pancreas': Convention((0, 1, 2), pancreas_window),
-    'la': Convention((0, 1, 2), zscore),
-}
-DEFAULT_CONVENTION = Convention((2, 1, 0), minmax)
+# A run whose data folder is not here reads NIfTI as the phantom and ACDC do: (Z, Y, X), min-max.
+DEFAULT_LAYOUT = 'synthetic'
 
 
 # --- the run ---------------------------------------------------------------------------------
 
 
-def run_layout(config) -> str:
-  """The layout of the data the run trained on, or '' when that folder is not here."""
-  from jaxseg.data import datasets  # noqa: PLC0415
+def run_dataset(config, layout: str = '') -> DatasetSpec:
+  """The dataset whose conventions read the inputs: `layout` when given, else the one the run
+  trained on, or the default when that folder is not here."""
+  if layout:
+    return datasets.BY_NAME[layout]
   try:
-    return datasets.detect_layout(config.data.dir)
+    return datasets.find(config)
   except DataError:
-    return ''
+    return datasets.BY_NAME[DEFAULT_LAYOUT]
 
 
 # --- files --------------------------------------------------------------------------------
@@ -142,9 +89,9 @@ def _to_3d(path: str, data: np.ndarray) -> np.ndarray:
   return data
 
 
-def read_input(path: str, convention: Convention, config) -> Input:
-  """Reads a NIfTI or h5 file into the network's (D, H, W) view, normalized as in training."""
-  from jaxseg.data import readers  # noqa: PLC0415
+def read_input(path: str, dataset: DatasetSpec, config) -> Input:
+  """Reads a NIfTI or h5 file into the network's (D, H, W) view, normalized as in training
+  (the dataset's `axes` and `normalize`)."""
   if path.endswith('.h5'):
     # SSL4MIS/UA-MT h5 images are stored already normalized, exactly as training reads them.
     image, _ = readers.read_h5(path, num_classes=256, require_label=False)
@@ -156,14 +103,15 @@ def read_input(path: str, convention: Convention, config) -> Input:
     else:
       axes = (0, 1, 2)
     return Input(path, np.ascontiguousarray(image), axes, stored_shape, np.eye(4), None)
-  data, affine, _ = readers.read_nifti(path)
+  data, affine, zooms = readers.read_nifti(path)
   header = nib.load(path).header
   stored_shape = data.shape
   data = _to_3d(path, data)
   if np.ptp(data) == 0:
     raise DataError(f'{path}: image is constant ({data.flat[0]}), nothing to segment')
-  image = convention.normalize(data, config).transpose(convention.axes)
-  return Input(path, np.ascontiguousarray(image), convention.axes, stored_shape, affine, header)
+  axes = dataset.axes(zooms)
+  image = dataset.normalize(data, config).transpose(axes)
+  return Input(path, np.ascontiguousarray(image), axes, stored_shape, affine, header)
 
 
 def _back_to_stored(array_DHW: np.ndarray, item: Input) -> np.ndarray:
@@ -193,7 +141,7 @@ def output_paths(path: str, input_root: str, output_dir: str) -> dict[str, str]:
   return {kind: os.path.join(folder, f'{name}_{kind}.nii.gz') for kind in ('pred', 'prob', 'image')}
 
 
-def predict_file(run: runs.RestoredRun, path: str, paths: dict[str, str], *, convention: Convention,
+def predict_file(run: runs.RestoredRun, path: str, paths: dict[str, str], *, dataset: DatasetSpec,
                  probabilities: bool = False, overwrite: bool = False) -> list[str]:
   """Predicts one file and writes its NIfTI outputs; returns the paths written."""
   wanted = ['pred'] + (['prob'] if probabilities else [])
@@ -203,7 +151,7 @@ def predict_file(run: runs.RestoredRun, path: str, paths: dict[str, str], *, con
       if os.path.exists(paths[kind]):
         raise DataError(f'{paths[kind]}: already exists; pass --overwrite to replace it '
                         f'(nothing written for {path})')
-  item = read_input(path, convention, run.config)
+  item = read_input(path, dataset, run.config)
   labels = inference.predict(run.logits_fn, item.image_DHW, run.config)
   dtype = np.uint8 if run.config.num_classes <= 256 else np.int16
   outputs = {'pred': _nifti(_back_to_stored(labels, item), item, dtype)}
@@ -254,7 +202,7 @@ def parse_args(argv):
                       help='also write per-class probabilities, <name>_prob.nii.gz')
   parser.add_argument('--glob', default='*', help="file names to take from a folder, e.g. "
                       "'*frame??.nii.gz' (default: every .nii, .nii.gz and .h5)")
-  parser.add_argument('--layout', choices=sorted(CONVENTIONS),
+  parser.add_argument('--layout', choices=sorted(datasets.BY_NAME),
                       help="NIfTI axis order and intensity normalization of this dataset layout "
                            "(default: the run's own data layout)")
   parser.add_argument('--overwrite', action='store_true', help='replace existing outputs')
@@ -267,18 +215,17 @@ def main(argv: list[str]) -> int:
   runs.parse_checkpoint(args.checkpoint)  # a misspelt name fails before any file is read
   inputs = find_inputs(args.input, args.glob, exclude=args.output)
   run = runs.open_run(args.workdir, args.checkpoint)
-  layout = args.layout or run_layout(run.config)
-  convention = CONVENTIONS.get(layout, DEFAULT_CONVENTION)
+  dataset = run_dataset(run.config, args.layout)
   print(f'{run.config.experiment}: checkpoint {args.checkpoint} (step {run.step}); '
-        f'{len(inputs)} file(s); NIfTI read as {layout or "default"} '
-        f'(axes {convention.axes}, {convention.normalize.__name__.strip("_")})', flush=True)
+        f'{len(inputs)} file(s); NIfTI read as {dataset.name} '
+        f'({dataset.normalize.__name__.strip("_")})', flush=True)
   root = args.input if os.path.isdir(args.input) else os.path.dirname(args.input)
   failed = []
   bar = tqdm.tqdm(inputs, desc='predict', unit='file', disable=args.no_progress, dynamic_ncols=True)
   for path in bar:
     try:
       written = predict_file(run, path, output_paths(path, root, args.output),
-                             convention=convention, probabilities=args.probabilities,
+                             dataset=dataset, probabilities=args.probabilities,
                              overwrite=args.overwrite)
       tqdm.tqdm.write(f'wrote {", ".join(written)}')
     except JaxsegError as e:  # one bad file does not stop the others

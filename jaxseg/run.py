@@ -129,6 +129,7 @@ def train_folds(config, workdir: str, folds: int, *, resume: bool, progress: boo
   layout = datasets.detect_layout(config.data.dir)
   if layout not in ('la', 'pancreas'):
     raise ConfigError(f'--folds: K-fold splits exist for the LA and pancreas layouts, not {layout}')
+  config = datasets.resolve_config(config)  # the folds' config.json: this dataset's block only
   if resume and rundir.is_empty(workdir):
     raise ConfigError(f'{workdir}: nothing to resume (no run directory there)')
   # The lock (and, for a new run, an empty folder); folds made before config.json was kept here

@@ -151,6 +151,33 @@ def train_setup(config, num_devices: int = 1):
   return model, jitted, state, batches, mesh
 
 
+def data_config(data_dir, num_classes: int, image_order: int = 1, **data):
+  """The config a dataset loader reads: seed, num_classes, `data.dir`, one labeled case and
+  `data` (a dataset's block as a dict, e.g. `kits19=dict(train_size=8)`)."""
+  import ml_collections  # noqa: PLC0415
+  return ml_collections.ConfigDict(dict(
+      seed=0, num_classes=num_classes,
+      data={'dir': str(data_dir), 'labeled_num': 1, 'image_order': image_order, **data}))
+
+
+def config_3d(data_dir='', **data):
+  """A 3D config of one foreground class on `data_dir` (the tiny 3D phantom when empty)."""
+  from jaxseg import config as config_lib  # noqa: PLC0415
+  c = config_lib.base_config()
+  c.num_classes = 2
+  c.class_names = ('target',)
+  c.data.dir = data_dir
+  c.data.crop_shape = (16, 16, 8)
+  c.data.labeled_num = 2
+  c.data.holdout_num = 2
+  c.data.labeled_batch = 2
+  c.data.unlabeled_batch = 2
+  c.data.read_threads = 1
+  c.data.synthetic3d.update(dict(num_train=6, num_val=1, num_test=1, size=20))
+  c.data.update(data)
+  return c
+
+
 def tiny_config(experiment: str = 'smoke', **data):
   """An experiment's config shrunk to the smoke test's size (a few seconds per run)."""
   from jaxseg import config as config_lib
@@ -245,3 +272,38 @@ def write_ssl4mis_tree(root, splits: dict, size=(24, 20), depth: int = 3):
     list_name = 'train_slices.list' if split == 'train' else f'{split}.list'
     (root / list_name).write_text('\n'.join(names) + '\n')
   return root
+
+
+def write_nnunet_tree(root, num_cases: int = 4, channels: int = 1, shape=(32, 32, 16),
+                      zooms=(0.8, 0.8, 2.5), num_test: int = 1, name: str = 'Dataset001_Tiny'):
+  """A tiny dataset in the nnU-Net raw layout under `root/name`: `dataset.json` (labels
+  background 0, inner 1, outer 2), `imagesTr/{case}_{c:04d}.nii.gz` per channel,
+  `labelsTr/{case}.nii.gz`, `imagesTs/`. Stored shape (X, Y, Z) with the largest spacing on
+  Z; labels are nested spheres, brighter than the noise around them. Returns the folder."""
+  import json  # noqa: PLC0415
+  import nibabel as nib  # noqa: PLC0415
+  import numpy as np  # noqa: PLC0415
+  folder = root / name
+  for sub in ('imagesTr', 'labelsTr', 'imagesTs'):
+    (folder / sub).mkdir(parents=True)
+  affine = np.diag(list(zooms) + [1.0])
+  affine[:3, 3] = (10.0, -20.0, 5.0)
+  grid = np.stack(np.meshgrid(*(np.arange(n) for n in shape), indexing='ij'), -1) * zooms
+  for i in range(num_cases + num_test):
+    rng = np.random.default_rng(i)
+    center = np.array(shape) * zooms * rng.uniform(0.4, 0.6, 3)
+    r = np.linalg.norm(grid - center, axis=-1)
+    label = np.select([r < 5, r < 9], [1, 2], 0).astype(np.uint8)
+    case = f'case_{i:03d}'
+    test = i >= num_cases
+    for c in range(channels):
+      image = (label * (100.0 + 50 * c) + rng.normal(0, 20, shape)).astype(np.float32)
+      nib.save(nib.Nifti1Image(image, affine),
+               str(folder / ('imagesTs' if test else 'imagesTr') / f'{case}_{c:04d}.nii.gz'))
+    if not test:
+      nib.save(nib.Nifti1Image(label, affine), str(folder / 'labelsTr' / f'{case}.nii.gz'))
+  meta = {'channel_names': {str(c): f'MR{c}' for c in range(channels)},
+          'labels': {'background': 0, 'inner': 1, 'outer': 2},
+          'numTraining': num_cases, 'file_ending': '.nii.gz'}
+  (folder / 'dataset.json').write_text(json.dumps(meta))
+  return folder

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from jaxseg import predict
+from jaxseg.data import datasets, spec
 from jaxseg.evaluation import inference
 from jaxseg.training import runs
 
@@ -70,7 +71,7 @@ def test_nifti_prediction_keeps_affine_header_and_axis_order(tmp_path):
   stored = _write_nifti(tmp_path / 'case.nii.gz')
   paths = predict.output_paths(str(tmp_path / 'case.nii.gz'), str(tmp_path), str(tmp_path / 'out'))
   predict.predict_file(_threshold_run(), str(tmp_path / 'case.nii.gz'), paths,
-                       convention=predict.CONVENTIONS['acdc_nifti'])
+                       dataset=datasets.BY_NAME['acdc_nifti'])
   out = nib.load(paths['pred'])
   np.testing.assert_allclose(out.affine, _affine(), atol=1e-6)
   np.testing.assert_allclose(out.header.get_qform(), _affine(), atol=1e-6)
@@ -88,9 +89,9 @@ def test_kits_convention_keeps_the_stored_order(tmp_path):
   paths = predict.output_paths(str(tmp_path / 'ct.nii'), str(tmp_path), str(tmp_path))
   run = _threshold_run()
   with run.config.unlocked():
-    run.config.data.kits_window = (0.0, 2000.0)
+    run.config.data.kits19.window = (0.0, 2000.0)
   predict.predict_file(run, str(tmp_path / 'ct.nii'), paths,
-                       convention=predict.CONVENTIONS['kits19'])
+                       dataset=datasets.BY_NAME['kits19'])
   labels = np.asarray(nib.load(paths['pred']).dataobj)
   np.testing.assert_array_equal(labels, (np.clip(stored / 2000.0, 0, 1) >= 0.5).astype(np.uint8))
 
@@ -99,7 +100,7 @@ def test_probabilities_are_a_4d_nifti_summing_to_one(tmp_path):
   stored = _write_nifti(tmp_path / 'case.nii.gz')
   paths = predict.output_paths(str(tmp_path / 'case.nii.gz'), str(tmp_path), str(tmp_path))
   predict.predict_file(_threshold_run(), str(tmp_path / 'case.nii.gz'), paths,
-                       convention=predict.DEFAULT_CONVENTION, probabilities=True)
+                       dataset=datasets.BY_NAME[predict.DEFAULT_LAYOUT], probabilities=True)
   prob = nib.load(paths['prob'])
   assert prob.shape == stored.shape + (K,)
   np.testing.assert_allclose(prob.affine, _affine(), atol=1e-6)
@@ -116,7 +117,7 @@ def test_h5_volume_written_in_stored_order_with_its_image(tmp_path):
     f.create_dataset('image', data=image)
   paths = predict.output_paths(str(tmp_path / 'vol.h5'), str(tmp_path), str(tmp_path / 'o'))
   written = predict.predict_file(_threshold_run(), str(tmp_path / 'vol.h5'), paths,
-                                 convention=predict.DEFAULT_CONVENTION)
+                                 dataset=datasets.BY_NAME[predict.DEFAULT_LAYOUT])
   assert sorted(written) == sorted([paths['pred'], paths['image']])
   pred, img = nib.load(paths['pred']), nib.load(paths['image'])
   np.testing.assert_array_equal(pred.affine, np.eye(4))
@@ -162,7 +163,7 @@ def test_cli_prediction_matches_the_run_evaluation(run_dir, tmp_path):
                       '--output', tmp_path, '--checkpoint', '2'])
   assert rc == 0, err
   run = runs.open_run(str(run_dir), '2')
-  image = predict.minmax(stored).transpose(2, 1, 0)
+  image = spec.minmax(stored).transpose(2, 1, 0)
   expected = inference.predict(run.logits_fn, image, run.config).transpose(2, 1, 0)
   np.testing.assert_array_equal(np.asarray(nib.load(tmp_path / 'a_pred.nii.gz').dataobj), expected)
 

@@ -21,8 +21,8 @@ from collections.abc import Sequence
 import ml_collections
 import numpy as np
 
-from jaxseg.data import readers, splits
-from jaxseg.data.sources import LazyVolumes, SegmentationData, VolumeSliceSource
+from jaxseg.data import readers, spec, splits
+from jaxseg.data.sources import SegmentationData
 from jaxseg.data.volume import Volume
 from jaxseg.errors import ConfigError, DataError
 
@@ -169,7 +169,7 @@ def load_image(image_path: str | os.PathLike, *, channels: int = 1,
     DataError: missing mask, unreadable PNG, mask shape differs from the image.
   """
   if channels not in (1, 3):
-    raise ConfigError(f'data.crag_channels : must be 1 or 3, got {channels}')
+    raise ConfigError(f'data.crag.channels: must be 1 or 3, got {channels}')
   image_path = os.fspath(image_path)
   rgb = to_rgb(image_path, read_png(image_path))
   image = to_gray(rgb) if channels == 1 else rgb.astype(np.float32)
@@ -202,28 +202,39 @@ def split_images(names: Sequence[str], seed: int = 0) -> dict[str, list[str]]:
   return splits.seeded_split(names, PAPER_SPLIT, seed, 'CRAG split')
 
 
-def load_crag(config: ml_collections.ConfigDict) -> SegmentationData:
+def load(config: ml_collections.ConfigDict) -> SegmentationData:
   """CRAG as SegmentationData: training images in memory, val/test read on access.
 
   Config: `data.dir`; `data.labeled_fraction` (0.1 or 0.2 in the paper; if absent or 0,
-  `data.labeled_num` images); optional `data.split_seed` (default 0) and `data.crag_channels`
-  (default 1; see `load_image`).
+  `data.labeled_num` images); `data.split_seed` (default 0) and `data.crag.channels` (default
+  1; see `load_image`).
   """
   splits.check_num_classes(config, NUM_CLASSES, 'CRAG')
   root = config.data.dir
-  channels = int(config.data.get('crag_channels', 1))
+  paths, split, load_one = _split(root, config)
+  n_labeled = splits.num_labeled(config, len(split['train']), root)
+  return spec.assemble(
+      'crag', [load_one(n) for n in split['train']], n_labeled, spec.lazy_splits(split, load_one),
+      f'CRAG at {root}: {n_labeled} labeled images, {len(split["train"]) - n_labeled} '
+      f'unlabeled, {len(split["val"])} validation, {len(split["test"])} test')
+
+
+def _split(root: str, config):
+  """(image paths, the split of their names, `name -> Volume`)."""
   paths = find_images(root)
   split = split_images(list(paths), seed=int(config.data.get('split_seed', 0)))
-  train = split['train']
-  n_labeled = splits.num_labeled(config, len(train), root)
+  channels = int(SPEC.block(config)['channels'])
+  return paths, split, lambda name: load_image(paths[name], channels=channels)
 
-  def load(name: str) -> Volume:
-    return load_image(paths[name], channels=channels)
 
-  return SegmentationData(
-    layout='crag',
-    labeled=VolumeSliceSource([load(n) for n in train[:n_labeled]], with_label=True),
-    unlabeled=VolumeSliceSource([load(n) for n in train[n_labeled:]], with_label=False),
-    splits={'val': LazyVolumes(split['val'], load), 'test': LazyVolumes(split['test'], load)},
-    description=(f'CRAG at {root}: {n_labeled} labeled images, {len(train) - n_labeled} '
-                 f'unlabeled, {len(split["val"])} validation, {len(split["test"])} test'))
+def check(root: str, config) -> spec.Findings:
+  """Every image of the split with its mask."""
+  paths, split, load_one = _split(root, config)
+  return spec.Findings({name: [spec.Item(paths[n], lambda n=n: load_one(n)) for n in names]
+                        for name, names in split.items()})
+
+
+SPEC = spec.DatasetSpec(
+    name='crag', detect=is_crag_layout, load=load, classes=spec.fixed_classes(CLASS_NAMES),
+    config={'channels': 1}, check=check, axes=spec.stored_order, normalize=spec.minmax,
+    hint='CRAG train/Images/*.png')

@@ -1,21 +1,25 @@
-"""Builds a run's data from `--data-dir`: detects the layout and splits labeled and unlabeled data.
+"""The table of datasets: one `DatasetSpec` per layout, used by loading, `data.check` and predict.
 
-Layouts:
+Each layout is one module exporting `SPEC` (spec.py says what a spec holds):
   ssl4mis_h5   ACDC as SSL4MIS ships it: `train_slices.list`, `val.list`, `data/slices/*.h5`.
-  acdc_nifti   the original ACDC release: `patientXXX/patientXXX_frameYY[_gt].nii.gz`, `Info.cfg`.
-  kits19       KiTS19 CT: `case_XXXXX/imaging.nii.gz` and `segmentation.nii.gz` (kits19.py).
-  crag         CRAG histology: `train|valid/Images/*.png` with `Annotation/*.png` (crag.py).
-  msd          a Medical Segmentation Decathlon task (Hippocampus): `dataset.json`, `imagesTr/`,
-               `labelsTr/` (msd.py).
-  mmwhs        MM-WHS cardiac CT: `[ct_train/]ct_train_10XX_{image,label}.nii.gz` (mmwhs.py).
-  la           left atrium in the UA-MT layout: `train.list`, `2018LA_Seg_Training Set/<ID>/
-               mri_norm2.h5` (la.py; 3D).
-  pancreas     NIH Pancreas-CT: `image/PANCREAS_XXXX.nii.gz`, `label/labelXXXX.nii.gz`
-               (pancreas.py; 3D).
-  synthetic    the built-in cardiac phantom, used when no directory is given; for 3D runs
-               (`data.crop_shape` set) the 3D phantom of synthetic3d.py.
-The labeled subset is the first `labeled_num` patients in the SSL4MIS training order; for ACDC
-3/7/14 patients give exactly SSL4MIS's 68/136/256 slices.
+  acdc_nifti   the original ACDC release: `patientXXX/patientXXX_frameYY[_gt].nii.gz` (acdc.py).
+  kits19       KiTS19 CT: `case_XXXXX/imaging.nii.gz` and `segmentation.nii.gz`.
+  crag         CRAG histology: `train|valid/Images/*.png` with `Annotation/*.png`.
+  nnunet       users' own data in the nnU-Net raw layout: `dataset.json` with "channel_names",
+               `imagesTr/{case}_0000.nii.gz`, `labelsTr/{case}.nii.gz`; 2D or 3D.
+  msd          a Medical Segmentation Decathlon task (Hippocampus): `dataset.json`, `imagesTr/`.
+  mmwhs        MM-WHS cardiac CT: `[ct_train/]ct_train_10XX_{image,label}.nii.gz`.
+  la           left atrium in the UA-MT layout: `train.list`, `2018LA_Seg_Training Set/` (3D).
+  pancreas     NIH Pancreas-CT: `image/PANCREAS_XXXX.nii.gz`, `label/labelXXXX.nii.gz` (3D).
+  synthetic    the built-in cardiac phantom, used when no directory is given; with
+  synthetic3d  `data.crop_shape` set (a 3D run), the 3D phantom.
+The order is the order of detection: the first layout whose `detect` accepts the folder wins
+(nnU-Net's dataset.json before MSD's, whose detection would accept both).
+
+A dataset's options live in its config block, `config.data.<name>` (e.g. `data.kits19.window`),
+with defaults in its module. `base_config()` holds every block so that experiments and `--set`
+can name them; `resolve_config` keeps the block of the dataset a run trains on, drops the
+others, and adopts the dataset's classes, so a run's config.json holds its own dataset only.
 """
 
 from __future__ import annotations
@@ -24,167 +28,84 @@ import os
 
 import ml_collections
 
-from jaxseg.data import crag, kits19, la, mmwhs, msd, pancreas, readers, synthetic, synthetic3d
-from jaxseg.data.sources import (H5SliceSource, LazyVolumes, SegmentationData, VolumeSliceSource,
-                                 h5_volume_loader)
+from jaxseg.data import (acdc, crag, kits19, la, mmwhs, msd, nnunet, pancreas, ssl4mis, synthetic,
+                         synthetic3d)
+from jaxseg.data.sources import SegmentationData
+from jaxseg.data.spec import DatasetSpec
 from jaxseg.errors import DataError
+
+DATASETS: tuple[DatasetSpec, ...] = (
+    ssl4mis.SPEC, acdc.SPEC, kits19.SPEC, crag.SPEC, nnunet.SPEC, msd.SPEC, mmwhs.SPEC, la.SPEC,
+    pancreas.SPEC, synthetic.SPEC, synthetic3d.SPEC)
+BY_NAME: dict[str, DatasetSpec] = {s.name: s for s in DATASETS}
+
+# Flat keys of run configs written before the datasets had blocks, and where they live now.
+OLD_KEYS = {
+    'kits_window': ('kits19', 'window'),
+    'kits_train_size': ('kits19', 'train_size'),
+    'crag_channels': ('crag', 'channels'),
+    'msd_train_size': ('msd', 'train_size'),
+    'mmwhs_train_size': ('mmwhs', 'train_size'),
+    'pancreas_window': ('pancreas', 'window'),
+    'pancreas_margin': ('pancreas', 'margin'),
+}
+
+
+def detect(data_dir: str, crop_shape=()) -> DatasetSpec:
+  """The spec of the data in `data_dir`; the phantom (2D, or 3D with a crop shape) when empty."""
+  if not data_dir:
+    return synthetic3d.SPEC if crop_shape else synthetic.SPEC
+  if not os.path.isdir(data_dir):
+    raise DataError(f'{data_dir}: data directory does not exist')
+  for spec in DATASETS:
+    if spec.detect is not None and spec.detect(data_dir):
+      return spec
+  known = ', '.join(s.hint for s in DATASETS if s.hint)
+  raise DataError(f'{data_dir}: unknown data layout (expected {known})')
 
 
 def detect_layout(data_dir: str) -> str:
-  if not data_dir:
-    return 'synthetic'
-  if not os.path.isdir(data_dir):
-    raise DataError(f'{data_dir}: data directory does not exist')
-  if os.path.exists(os.path.join(data_dir, 'train_slices.list')):
-    return 'ssl4mis_h5'
-  if readers.is_acdc_nifti_layout(data_dir):
-    return 'acdc_nifti'
-  if kits19.is_kits19_layout(data_dir):
-    return 'kits19'
-  if crag.is_crag_layout(data_dir):
-    return 'crag'
-  if msd.is_msd_layout(data_dir):
-    return 'msd'
-  if mmwhs.is_mmwhs_layout(data_dir):
-    return 'mmwhs'
-  if la.is_la_layout(data_dir):
-    return 'la'
-  if pancreas.is_pancreas_layout(data_dir):
-    return 'pancreas'
-  raise DataError(f'{data_dir}: unknown data layout (expected the SSL4MIS ACDC layout with '
-                  'train_slices.list, ACDC NIfTI folders patientXXX/, KiTS19 '
-                  'case_XXXXX/imaging.nii.gz, CRAG train/Images/*.png, an MSD task with '
-                  'dataset.json and imagesTr/, MM-WHS ct_train_XXXX_image.nii.gz, LA '
-                  'train.list with 2018LA_Seg_Training Set/, or Pancreas '
-                  'image/PANCREAS_XXXX.nii.gz)')
+  """The layout name of `data_dir` ('synthetic' when empty)."""
+  return detect(data_dir).name
+
+
+def find(config: ml_collections.ConfigDict) -> DatasetSpec:
+  """The spec of the data a config trains on."""
+  return detect(config.data.dir, config.data.get('crop_shape', ()))
 
 
 def load_data(config: ml_collections.ConfigDict) -> SegmentationData:
-  layout = detect_layout(config.data.dir)
-  if layout == 'synthetic':
-    if config.data.get('crop_shape', ()):
-      return synthetic3d.load_synthetic3d(config)
-    return _synthetic(config)
-  if layout == 'la':
-    return la.load_la(config)
-  if layout == 'pancreas':
-    return pancreas.load_pancreas(config)
-  if layout == 'ssl4mis_h5':
-    return _ssl4mis_h5(config)
-  if layout == 'kits19':
-    return kits19.load_kits19(config)
-  if layout == 'crag':
-    return crag.load_crag(config)
-  if layout == 'msd':
-    return msd.load_msd(config)
-  if layout == 'mmwhs':
-    return mmwhs.load_mmwhs(config)
-  return _acdc_nifti(config)
+  return find(config).load(config)
 
 
-def first_patients(names: list[str], num_patients: int) -> int:
-  """How many leading names belong to the first `num_patients` distinct patients."""
-  seen = []
-  for i, name in enumerate(names):
-    patient = name.split('_')[0]
-    if patient not in seen:
-      if len(seen) == num_patients:
-        return i
-      seen.append(patient)
-  return len(names)
+def default_blocks() -> dict[str, dict]:
+  """Every dataset's config block with its defaults, by dataset name (for `base_config`)."""
+  return {s.name: dict(s.config) for s in DATASETS if s.config}
 
 
-def _read_list(path: str) -> list[str]:
-  if not os.path.exists(path):
-    raise DataError(f'{path}: list file is missing')
-  with open(path) as f:
-    names = [line.strip() for line in f if line.strip()]
-  if not names:
-    raise DataError(f'{path}: list file is empty')
-  return [n[:-3] if n.endswith('.h5') else n for n in names]
+def resolve_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """`config` for the dataset it trains on: that dataset's block (defaults, with the values the
+  config set), no block of any other dataset, and the dataset's classes. A new config."""
+  spec = find(config)
+  config = ml_collections.ConfigDict(config.to_dict())
+  names = spec.classes(config)
+  with config.unlocked():
+    for other in DATASETS:
+      if other.name != spec.name and other.name in config.data:
+        del config.data[other.name]
+    if spec.config:
+      config.data[spec.name] = ml_collections.ConfigDict(dict(spec.block(config)))
+    config.num_classes = len(names)
+    config.class_names = tuple(names[1:])
+  return config
 
 
-def _check_labeled_num(labeled_num: int, num_patients: int, what: str) -> None:
-  if not 0 < labeled_num <= num_patients:
-    raise DataError(f'{what}: --labeled-num {labeled_num} must be between 1 and {num_patients}')
-
-
-def _ssl4mis_h5(config) -> SegmentationData:
-  root = config.data.dir
-  slices = _read_list(os.path.join(root, 'train_slices.list'))
-  paths = [os.path.join(root, 'data', 'slices', f'{name}.h5') for name in slices]
-  missing = [p for p in paths if not os.path.exists(p)]
-  if missing:
-    raise DataError(f'{missing[0]}: listed in train_slices.list but missing '
-                    f'({len(missing)} listed slice files missing in all)')
-  num_patients = len({n.split('_')[0] for n in slices})
-  _check_labeled_num(config.data.labeled_num, num_patients, os.path.join(root, 'train_slices.list'))
-  n_labeled = first_patients(slices, config.data.labeled_num)
-  load = h5_volume_loader(root, config.num_classes)
-  splits = {}
-  for split in ('val', 'test'):
-    list_path = os.path.join(root, f'{split}.list')
-    if os.path.exists(list_path):
-      names = _read_list(list_path)
-      for name in names:
-        path = os.path.join(root, 'data', f'{name}.h5')
-        if not os.path.exists(path):
-          raise DataError(f'{path}: listed in {split}.list but missing')
-      splits[split] = LazyVolumes(names, load)
-  if 'val' not in splits:
-    raise DataError(f'{os.path.join(root, "val.list")}: list file is missing')
-  return SegmentationData(
-      layout='ssl4mis_h5',
-      labeled=H5SliceSource(paths[:n_labeled], config.num_classes, with_label=True),
-      unlabeled=H5SliceSource(paths[n_labeled:], config.num_classes, with_label=False),
-      splits=splits,
-      description=(f'ACDC (SSL4MIS h5) at {root}: {n_labeled} labeled slices of '
-                   f'{config.data.labeled_num} patients, {len(paths) - n_labeled} unlabeled, '
-                   f'{len(splits["val"])} validation volumes'))
-
-
-def _acdc_nifti(config) -> SegmentationData:
-  root = config.data.dir
-  patient_dirs = readers.find_acdc_patient_dirs(root)
-  train = [p for p in readers.TRAIN_PATIENTS if p in patient_dirs]
-  if not train:
-    raise DataError(f'{root}: no SSL4MIS training patients found in the ACDC NIfTI layout')
-  _check_labeled_num(config.data.labeled_num, len(train), root)
-
-  def volumes(patients):
-    return [readers.load_acdc_nifti_volume(patient_dirs[p], frame, num_classes=config.num_classes)
-            for p in patients for frame in (1, 2)]
-
-  labeled = volumes(train[:config.data.labeled_num])
-  unlabeled = volumes(train[config.data.labeled_num:])
-  splits = {}
-  for split, patients in (('val', readers.VAL_PATIENTS), ('test', readers.TEST_PATIENTS)):
-    present = [p for p in patients if p in patient_dirs]
-    if present:
-      splits[split] = volumes(present)
-  if 'val' not in splits:
-    raise DataError(f'{root}: none of the SSL4MIS validation patients '
-                    f'({", ".join(readers.VAL_PATIENTS[:3])}, ...) found')
-  return SegmentationData(
-      layout='acdc_nifti',
-      labeled=VolumeSliceSource(labeled, with_label=True),
-      unlabeled=VolumeSliceSource(unlabeled, with_label=False),
-      splits=splits,
-      description=(f'ACDC (NIfTI) at {root}: {config.data.labeled_num} labeled patients, '
-                   f'{len(train) - config.data.labeled_num} unlabeled, '
-                   f'{len(splits["val"])} validation volumes'))
-
-
-def _synthetic(config) -> SegmentationData:
-  s = config.data.synthetic
-  data = synthetic.make_dataset(seed=config.seed, num_train=s.num_train, num_val=s.num_val,
-                                num_test=s.num_test, num_slices=s.num_slices, size=s.size)
-  _check_labeled_num(config.data.labeled_num, s.num_train, 'synthetic phantom')
-  n = config.data.labeled_num
-  return SegmentationData(
-      layout='synthetic',
-      labeled=VolumeSliceSource(data['train'][:n], with_label=True),
-      unlabeled=VolumeSliceSource(data['train'][n:], with_label=False),
-      splits={'val': data['val'], 'test': data['test']},
-      description=(f'synthetic cardiac phantom: {n} labeled volumes, {s.num_train - n} unlabeled, '
-                   f'{s.num_val} validation volumes ({s.num_slices} slices of {s.size}x{s.size})'))
+def upgrade_old_keys(data: ml_collections.ConfigDict) -> None:
+  """Moves the flat dataset keys of an old run's `data` (`kits_window`...) into their blocks."""
+  for old, (name, key) in OLD_KEYS.items():
+    if old in data:
+      value = data[old]
+      del data[old]
+      if name not in data:
+        data[name] = ml_collections.ConfigDict()
+      data[name][key] = value

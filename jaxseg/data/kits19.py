@@ -14,7 +14,7 @@ PLGCL (Basak & Yin, CVPR 2023, section 4.1) splits the 210 cases 150/20/40 (trai
     list: 4 cases for 2.5%, 15 for 10% (`splits.labeled_subset`);
   - intensities are clipped to -79..304 HU, the KiTS19 window of nnU-Net (Isensee et al.,
     Nature Methods 2021: the 0.5 and 99.5 percentiles of the foreground HU), then mapped
-    linearly to [0, 1] by the window bounds (`window_ct`).
+    linearly to [0, 1] by the window bounds (`readers.window_ct`).
 """
 
 from __future__ import annotations
@@ -26,10 +26,10 @@ from collections.abc import Sequence
 import ml_collections
 import numpy as np
 
-from jaxseg.data import readers, splits, transforms
-from jaxseg.data.sources import LazyVolumes, SegmentationData, VolumeSliceSource
-from jaxseg.data.volume import Volume
-from jaxseg.errors import ConfigError, DataError
+from jaxseg.data import readers, spec, splits
+from jaxseg.data.sources import SegmentationData
+from jaxseg.data.volume import Volume, resized
+from jaxseg.errors import DataError
 
 NUM_CLASSES = 3
 CLASS_NAMES = ('kidney', 'tumour')
@@ -86,32 +86,20 @@ def case_dir(root: str | os.PathLike, case: str) -> str:
   raise DataError(f'{os.path.join(root, case)}: KiTS19 case folder not found')
 
 
-def window_ct(hu: np.ndarray, window: tuple[float, float] = DEFAULT_WINDOW) -> np.ndarray:
-  """Clips HU to `window` and maps it linearly to [0, 1]: lo -> 0, hi -> 1, as float32.
-
-  The bounds are the window's, not the volume's min and max, so a given HU value maps to the
-  same intensity in every case.
-  """
-  lo, hi = float(window[0]), float(window[1])
-  if not hi > lo:
-    raise ConfigError(f'data.kits_window : expected (low, high) with low < high, got {window}')
-  x = np.clip(hu.astype(np.float64), lo, hi)
-  return ((x - lo) / (hi - lo)).astype(np.float32)
-
-
 def load_case(case_dir: str | os.PathLike, *, window: tuple[float, float] = DEFAULT_WINDOW,
               require_label: bool = True) -> Volume:
   """Loads one KiTS19 case as a windowed Volume.
 
   The official KiTS19 NIfTI arrays are stored as (slices, H, W) (github.com/neheller/kits19
-  README: shapes are `(num_slices, height, width)`): nibabel's axis 0 is the axial axis. They are kept as stored, (D, H, W) = the array, unlike ACDC which is transposed. The
+  README: shapes are `(num_slices, height, width)`): nibabel's axis 0 is the axial axis. They
+  are kept as stored, (D, H, W) = the array, unlike ACDC which is transposed. The
   spacing is the NIfTI zooms in the same order (slice thickness first); the affine is the
   file's and refers to the same (D, H, W) order, so a prediction of shape (D, H, W) is saved
   untransposed: `nib.Nifti1Image(pred, volume.affine)`.
 
   Args:
     case_dir: the `case_XXXXX` folder.
-    window: (low, high) HU; see `window_ct`.
+    window: (low, high) HU; see `readers.window_ct`.
     require_label: if False, a missing segmentation gives `label=None`.
 
   Raises:
@@ -122,19 +110,12 @@ def load_case(case_dir: str | os.PathLike, *, window: tuple[float, float] = DEFA
     raise DataError(f'{case_dir}: KiTS19 case folder not found')
   image_path = readers.nifti_path(case_dir, 'imaging')
   seg_path = readers.nifti_path(case_dir, 'segmentation')
-  hu, affine, zooms = readers.read_nifti(image_path)
-  if hu.ndim != 3:
-    raise DataError(f'{image_path}: expected a 3D CT volume, got shape {hu.shape}')
-  label = None
-  if require_label or os.path.exists(seg_path):
-    seg, _, _ = readers.read_nifti(seg_path)
-    if seg.shape != hu.shape:
-      raise DataError(f'{seg_path}: segmentation shape {seg.shape} differs from image shape '
-                      f'{hu.shape} of {os.path.basename(image_path)}')
-    label = readers.check_label(seg_path, seg, NUM_CLASSES)
+  hu, affine, zooms, seg = readers.read_volume_and_label(image_path, seg_path, require_label,
+                                                        'CT volume')
+  label = None if seg is None else readers.check_label(seg_path, seg, NUM_CLASSES)
   return Volume(
     name=os.path.basename(os.path.normpath(case_dir)),
-    image=window_ct(hu, window),
+    image=readers.window_ct(hu, window, 'data.kits19.window'),
     label=label,
     spacing=(zooms[0], zooms[1], zooms[2]),
     affine=affine,
@@ -157,57 +138,84 @@ def split_cases(cases: Sequence[str], seed: int = 0) -> dict[str, list[str]]:
   return splits.seeded_split(cases, PAPER_SPLIT, seed, 'KiTS19 split')
 
 
-def load_kits19(config: ml_collections.ConfigDict) -> SegmentationData:
+def training_cases(root: str) -> tuple[list[str], list[str]]:
+  """(the cases with a segmentation, problems): a case from 210 on without one is a challenge
+  test case and is left out; a training case without one is a problem (one line, the file)."""
+  cases, problems = [], []
+  for case in find_cases(root):
+    folder = case_dir(root, case)
+    if os.path.exists(readers.nifti_path(folder, 'segmentation')):
+      cases.append(case)
+    elif int(_CASE_RE.match(case).group(1)) < NUM_TRAINING_CASES:
+      problems.append(f'{os.path.join(folder, "segmentation.nii.gz")}: segmentation missing '
+                      'for a KiTS19 training case')
+  if not cases:
+    problems.append(f'{root}: no KiTS19 cases with segmentation.nii.gz found')
+  return cases, problems
+
+
+def _window(config) -> tuple[float, float]:
+  window = tuple(SPEC.block(config)['window'])
+  readers.window_ct(np.zeros(1), window, 'data.kits19.window')  # checks it before any read
+  return window
+
+
+def _split(root: str, config) -> tuple[dict[str, list[str]], list[str]]:
+  cases, problems = training_cases(root)
+  split = split_cases(cases, seed=int(config.data.get('split_seed', 0))) if cases else {}
+  return split, problems
+
+
+def load(config: ml_collections.ConfigDict) -> SegmentationData:
   """KiTS19 as SegmentationData: the training cases in memory, val/test loaded on access.
 
   Config: `data.dir`; `data.labeled_fraction` (e.g. 0.025 or 0.1; if absent or 0,
-  `data.labeled_num` cases); optional `data.kits_window` (HU, default (-79, 304));
-  optional `data.split_seed` (default 0; independent of the training seed so the split stays
-  fixed across runs); optional `data.kits_train_size` (default 0 = native 512x512: training
-  slices are resized in-plane to this size at load, to cut memory; the 150 training cases take
-  about 5 bytes per voxel, some 40 GB at native size, a quarter of that at 256). Every slice is
-  kept, including those without kidney, as SSL4MIS does for ACDC. Evaluation volumes stay at
+  `data.labeled_num` cases); `data.kits19.window` (HU, default (-79, 304));
+  `data.split_seed` (default 0; independent of the training seed so the split stays fixed
+  across runs); `data.kits19.train_size` (default 0 = native 512x512: training slices are
+  resized in-plane to this size at load, to cut memory; the 150 training cases take about 5
+  bytes per voxel, some 40 GB at native size, a quarter of that at 256). Every slice is kept,
+  including those without kidney, as SSL4MIS does for ACDC. Evaluation volumes stay at
   native size and spacing.
   """
   splits.check_num_classes(config, NUM_CLASSES, 'KiTS19')
   root = config.data.dir
-  window = tuple(config.data.get('kits_window', DEFAULT_WINDOW))
-  window_ct(np.zeros(1), window)  # checks the window before any file is read
-  cases = []
-  for case in find_cases(root):
-    number = int(_CASE_RE.match(case).group(1))
-    folder = case_dir(root, case)
-    has_seg = any(os.path.exists(os.path.join(folder, 'segmentation' + ext))
-                  for ext in ('.nii.gz', '.nii'))
-    if number >= NUM_TRAINING_CASES and not has_seg:
-      continue  # a challenge test case: no ground truth to train or evaluate with
-    if not has_seg:
-      raise DataError(f'{os.path.join(folder, "segmentation.nii.gz")}: segmentation missing '
-                      'for a KiTS19 training case')
-    cases.append(case)
-  if not cases:
-    raise DataError(f'{root}: no KiTS19 cases with segmentation.nii.gz found')
-  split = split_cases(cases, seed=int(config.data.get('split_seed', 0)))
-  train = split['train']
-  n_labeled = splits.num_labeled(config, len(train), root)
-  train_size = int(config.data.get('kits_train_size', 0))
+  window = _window(config)
+  split, problems = _split(root, config)
+  if problems:
+    raise DataError(problems[0])
+  n_labeled = splits.num_labeled(config, len(split['train']), root)
 
-  def load(case: str) -> Volume:
+  def load_one(case: str) -> Volume:
     return load_case(case_dir(root, case), window=window)
 
-  def load_train(case: str) -> Volume:
-    volume = load(case)
-    if train_size:
-      volume = transforms.resize_volume(volume, train_size, int(config.data.get('image_order', 1)))
-    return volume
+  load_train = resized(load_one, int(SPEC.block(config)['train_size']),
+                                  int(config.data.get('image_order', 1)))
+  return spec.assemble(
+      'kits19', [load_train(c) for c in split['train']], n_labeled,
+      spec.lazy_splits(split, load_one),
+      f'KiTS19 at {root}: {n_labeled} labeled cases, {len(split["train"]) - n_labeled} '
+      f'unlabeled, {len(split["val"])} validation, {len(split["test"])} test '
+      f'(window {window[0]:g}..{window[1]:g} HU)')
 
-  labeled = [load_train(c) for c in train[:n_labeled]]
-  unlabeled = [load_train(c) for c in train[n_labeled:]]
-  return SegmentationData(
-    layout='kits19',
-    labeled=VolumeSliceSource(labeled, with_label=True),
-    unlabeled=VolumeSliceSource(unlabeled, with_label=False),
-    splits={'val': LazyVolumes(split['val'], load), 'test': LazyVolumes(split['test'], load)},
-    description=(f'KiTS19 at {root}: {n_labeled} labeled cases, {len(train) - n_labeled} '
-                 f'unlabeled, {len(split["val"])} validation, {len(split["test"])} test '
-                 f'(window {window[0]:g}..{window[1]:g} HU)'))
+
+def check(root: str, config) -> spec.Findings:
+  """Every case of the split, windowed as training does; missing segmentations noted."""
+  split, problems = _split(root, config)
+  window = _window(config)
+  return spec.Findings(
+      {name: [spec.Item(case_dir(root, c),
+                        lambda c=c: load_case(case_dir(root, c), window=window)) for c in cases]
+       for name, cases in split.items()}, problems)
+
+
+def normalize(image: np.ndarray, config) -> np.ndarray:
+  """The run's `data.kits19.window` (HU) mapped to [0, 1], as `load` does (prediction)."""
+  return readers.window_ct(image, _window(config), 'data.kits19.window')
+
+
+SPEC = spec.DatasetSpec(
+    name='kits19', detect=is_kits19_layout, load=load, classes=spec.fixed_classes(CLASS_NAMES),
+    config={'window': DEFAULT_WINDOW, 'train_size': 0}, check=check,
+    axes=spec.stored_order, normalize=normalize,
+    hint='KiTS19 case_XXXXX/imaging.nii.gz')

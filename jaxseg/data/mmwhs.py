@@ -18,12 +18,12 @@ Any other value is an error naming the file and the values (`map_labels`). Hu et
 has a commented-out mapping in another order (500 -> 1, 600 -> 2, 420 -> 3, 550 -> 4, 205 -> 5,
 ...); the order changes class indices only, not any per-class or mean Dice.
 
-Preprocessing is Hu et al.'s (MICCAI 2021, section 3), shared with msd.py: slices along the
-last NIfTI axis (the axial one, 512x512 in-plane) as Hu's code does, held as (D, H, W) =
-(Z, Y, X); min-max normalization of the whole volume; training slices resized in-plane to
-160x160 at load (`data.mmwhs_train_size`): 10 training volumes of about 250 slices take some
-0.3 GB at 160x160 against 3 GB at 512x512. Evaluation volumes stay native, are loaded one at a
-time (LazyVolumes) and are resized slice by slice by the evaluation (`eval.patch_size`).
+Preprocessing is Hu et al.'s (MICCAI 2021, section 3), as msd.py's (`readers.read_pair`):
+slices along the last NIfTI axis (the axial one, 512x512 in-plane) as Hu's code does, held as
+(D, H, W) = (Z, Y, X); min-max normalization of the whole volume; training slices resized
+in-plane to 160x160 at load (`data.mmwhs.train_size`): 10 training volumes of about 250 slices
+take some 0.3 GB at 160x160 against 3 GB at 512x512. Evaluation volumes stay native, are loaded
+one at a time (LazyVolumes) and are resized slice by slice by the evaluation (`eval.patch_size`).
 The split is train:val:test = 2:1:1 (10/5/5 cases), a seeded permutation (`data.split_seed`);
 the labeled cases are the first `data.labeled_fraction` of the permuted training list (10/20/40%
 in Hu's Table 1: 1, 2 and 4 cases).
@@ -39,8 +39,8 @@ from collections.abc import Sequence
 import ml_collections
 import numpy as np
 
-from jaxseg.data import msd, splits, transforms
-from jaxseg.data.sources import SegmentationData, split_volume_data
+from jaxseg.data import readers, spec, splits
+from jaxseg.data.sources import SegmentationData
 from jaxseg.data.volume import Volume
 from jaxseg.errors import DataError
 
@@ -114,14 +114,14 @@ def load_case(image_path: str | os.PathLike, label_path: str | os.PathLike, *,
   """Loads one MM-WHS CT case as a (D, H, W) = (Z, Y, X) Volume at native size.
 
   Image min-max normalized to [0, 1]; label values mapped to 0..7 (`map_labels`). The affine
-  is the file's, in nibabel's (X, Y, Z) order (see `msd.read_pair`).
+  is the file's, in nibabel's (X, Y, Z) order (see `readers.read_pair`).
 
   Raises:
     DataError: missing or unreadable files, not 3D, shape mismatch, unknown label values,
       constant image.
   """
   image_path, label_path = os.fspath(image_path), os.fspath(label_path)
-  volume, label = msd.read_pair(image_path, label_path, require_label)
+  volume, label = readers.read_pair(image_path, label_path, require_label)
   m = _IMAGE_RE.match(os.path.basename(image_path))
   # Named as the case (`ct_train_1003`), not the image file, like the split lists.
   volume = dataclasses.replace(volume, name=m.group(1) if m else volume.name)
@@ -135,13 +135,13 @@ def split_cases(cases: Sequence[str], seed: int = 0) -> dict[str, list[str]]:
   return splits.seeded_split(cases, PAPER_SPLIT, seed, 'MM-WHS split')
 
 
-def load_mmwhs(config: ml_collections.ConfigDict) -> SegmentationData:
+def load(config: ml_collections.ConfigDict) -> SegmentationData:
   """MM-WHS CT as SegmentationData: training slices in memory at 160x160, val/test lazy.
 
   Config: `data.dir`; `data.labeled_fraction` (if absent or 0, `data.labeled_num` cases);
-  optional `data.split_seed` (default 0); optional `data.mmwhs_train_size` (default 160; 0
-  keeps the native 512x512, some 3 GB for 10 cases); optional `data.image_order` (spline
-  order of the image resize, default 1). `num_classes` must be 8.
+  `data.split_seed` (default 0); `data.mmwhs.train_size` (default 160; 0 keeps the native
+  512x512, some 3 GB for 10 cases); `data.image_order` (spline order of the image resize,
+  default 1). `num_classes` must be 8.
 
   Raises:
     DataError: no cases, or a label file missing (checked for every case before any is read).
@@ -157,21 +157,15 @@ def load_mmwhs(config: ml_collections.ConfigDict) -> SegmentationData:
     if not os.path.exists(label_path):
       raise DataError(f'{label_path}: file not found (label of {os.path.basename(image_path)})')
   split = split_cases(list(cases), seed=int(config.data.get('split_seed', 0)))
-  train = split['train']
-  n_labeled = splits.num_labeled(config, len(train), root)
-  train_size = int(config.data.get('mmwhs_train_size', DEFAULT_TRAIN_SIZE))
-  image_order = int(config.data.get('image_order', 1))
 
-  def load(name: str) -> Volume:
+  def load_one(name: str) -> Volume:
     return load_case(*cases[name])
 
-  def load_train(name: str) -> Volume:
-    volume = load(name)
-    return transforms.resize_volume(volume, train_size, image_order) if train_size else volume
+  return spec.load_resized(config, 'mmwhs', split, load_one,
+                           int(SPEC.block(config)['train_size']), f'MM-WHS CT at {root}', 'cases')
 
-  size = f'{train_size}x{train_size}' if train_size else 'native size'
-  return split_volume_data(
-      'mmwhs', split, n_labeled, load, load_train,
-      (f'MM-WHS CT at {root}: {n_labeled} labeled cases, {len(train) - n_labeled} '
-       f'unlabeled, {len(split["val"])} validation, {len(split["test"])} test '
-       f'(training slices at {size})'))
+
+SPEC = spec.DatasetSpec(
+    name='mmwhs', detect=is_mmwhs_layout, load=load, classes=spec.fixed_classes(CLASS_NAMES),
+    config={'train_size': DEFAULT_TRAIN_SIZE}, axes=spec.slices_last, normalize=spec.minmax,
+    hint='MM-WHS ct_train_XXXX_image.nii.gz')

@@ -14,8 +14,8 @@ Preprocessing follows Hu et al. (MICCAI 2021, section 3; xhu248/semi_cotrast_seg
     axis of some 35 voxels, giving about 35 slices of about 35x50 per volume (sizes recalled,
     not measured here). The Volume holds (D, H, W) = (Z, Y, X), the order ACDC uses here; Hu
     keeps (Z, X, Y), i.e. every slice is transposed relative to his, which changes no Dice;
-  - min-max normalization of the whole volume to [0, 1] (`minmax_normalize`);
-  - training slices resized in-plane to 64x64 at load (`data.msd_train_size`), images by
+  - min-max normalization of the whole volume to [0, 1] (`readers.minmax_normalize`);
+  - training slices resized in-plane to 64x64 at load (`data.msd.train_size`), images by
     `data.image_order` (1, bilinear, in the experiments, as Hu), labels by nearest neighbour
     (Hu resizes labels bilinearly, which invents class values between neighbours);
     evaluation volumes stay native and are resized slice by slice by the evaluation
@@ -37,8 +37,8 @@ from collections.abc import Sequence
 import ml_collections
 import numpy as np
 
-from jaxseg.data import readers, splits, transforms
-from jaxseg.data.sources import SegmentationData, split_volume_data
+from jaxseg.data import readers, spec, splits
+from jaxseg.data.sources import SegmentationData
 from jaxseg.data.volume import Volume
 from jaxseg.errors import DataError
 
@@ -53,14 +53,6 @@ def is_msd_layout(root: str | os.PathLike) -> bool:
   root = os.fspath(root)
   return (os.path.isfile(os.path.join(root, 'dataset.json'))
           and os.path.isdir(os.path.join(root, 'imagesTr')))
-
-
-def _case_name(path: str) -> str:
-  name = os.path.basename(path)
-  for ext in ('.nii.gz', '.nii'):
-    if name.endswith(ext):
-      return name[:-len(ext)]
-  return name
 
 
 def read_dataset_json(
@@ -105,67 +97,11 @@ def read_dataset_json(
       raise DataError(f'{path}: "training" entry {i} is not {{"image": ..., "label": ...}}: '
                       f'{entry!r}')
     image = os.path.normpath(os.path.join(root, entry['image']))
-    name = _case_name(image)
+    name = readers.case_name(image)
     if name in cases:
       raise DataError(f'{path}: case {name} listed twice in "training"')
     cases[name] = (image, os.path.normpath(os.path.join(root, entry['label'])))
   return class_names, cases
-
-
-def minmax_normalize(x: np.ndarray, path: str) -> np.ndarray:
-  """`(x - min) / (max - min)` over the whole volume, as a new C-contiguous float32 array.
-
-  float32 arithmetic, not float64, because an MM-WHS CT volume is 300 MB in float32 already;
-  x may be a transposed view, and the result is written straight into C order.
-
-  Raises:
-    DataError: the image is constant (nothing to normalize).
-  """
-  lo, hi = float(x.min()), float(x.max())
-  if hi == lo:
-    raise DataError(f'{path}: image is constant ({lo:g}), cannot normalize to [0, 1]')
-  out = np.empty(x.shape, np.float32)
-  np.subtract(x, lo, out=out, dtype=np.float32)
-  out /= hi - lo
-  return out
-
-
-def to_dhw(array_xyz: np.ndarray) -> np.ndarray:
-  """nibabel's (X, Y, Z) as (D, H, W) = (Z, Y, X), a view: slices along the last NIfTI axis."""
-  return array_xyz.transpose(2, 1, 0)
-
-
-def read_pair(image_path: str, label_path: str,
-              require_label: bool = True) -> tuple[Volume, np.ndarray | None]:
-  """Reads a 3D image and its label file, both as (D, H, W) = (Z, Y, X).
-
-  The affine is the file's and refers to nibabel's (X, Y, Z) order: save a prediction `pred`
-  of shape (D, H, W) as `nib.Nifti1Image(pred.transpose(2, 1, 0), volume.affine)`.
-
-  Returns:
-    (the Volume, image min-max normalized, label None; the label with the file's values as
-    a float32 (D, H, W) view, or None when not required and absent); the caller checks or maps
-    the values into a contiguous array.
-
-  Raises:
-    DataError: missing or unreadable files, not 3D, label shape differs from the image's,
-      constant image.
-  """
-  data, affine, zooms = readers.read_nifti(image_path)
-  if data.ndim != 3:
-    raise DataError(f'{image_path}: expected a 3D single-channel image, got shape {data.shape}')
-  label = None
-  if require_label or os.path.exists(label_path):
-    label, _, _ = readers.read_nifti(label_path)
-    if label.shape != data.shape:
-      raise DataError(f'{label_path}: label shape {label.shape} differs from image shape '
-                      f'{data.shape} of {os.path.basename(image_path)}')
-    label = to_dhw(label)
-  # A view in, a C-contiguous copy out: one copy of the volume besides the file's data.
-  volume = Volume(name=_case_name(image_path), image=minmax_normalize(to_dhw(data), image_path),
-                  label=None, spacing=(zooms[2], zooms[1], zooms[0]), affine=affine,
-                  path=image_path)
-  return volume, label
 
 
 def load_case(image_path: str | os.PathLike, label_path: str | os.PathLike, *, num_classes: int,
@@ -177,7 +113,7 @@ def load_case(image_path: str | os.PathLike, label_path: str | os.PathLike, *, n
       0..num_classes-1, constant image.
   """
   image_path, label_path = os.fspath(image_path), os.fspath(label_path)
-  volume, label = read_pair(image_path, label_path, require_label)
+  volume, label = readers.read_pair(image_path, label_path, require_label)
   if label is None:
     return volume
   label = np.ascontiguousarray(readers.check_label(label_path, label, num_classes))
@@ -192,14 +128,14 @@ def split_cases(cases: Sequence[str], seed: int = 0) -> dict[str, list[str]]:
   return splits.seeded_split(cases, PAPER_SPLIT, seed, 'MSD split')
 
 
-def load_msd(config: ml_collections.ConfigDict) -> SegmentationData:
+def load(config: ml_collections.ConfigDict) -> SegmentationData:
   """An MSD task as SegmentationData: training volumes in memory, val/test loaded on access.
 
   Config: `data.dir` (the task folder holding dataset.json); `data.labeled_fraction` (if
-  absent or 0, `data.labeled_num` volumes); optional `data.split_seed` (default 0);
-  optional `data.msd_train_size` (default 64; 0 keeps the native in-plane size); optional
-  `data.image_order` (spline order of the image resize, default 1). `num_classes` must be
-  the number of entries in dataset.json's `labels`.
+  absent or 0, `data.labeled_num` volumes); `data.split_seed` (default 0);
+  `data.msd.train_size` (default 64; 0 keeps the native in-plane size); `data.image_order`
+  (spline order of the image resize, default 1). `num_classes` must be the number of entries
+  in dataset.json's `labels`.
 
   Raises:
     DataError: bad dataset.json, or a listed image or label file missing (checked for every
@@ -215,21 +151,20 @@ def load_msd(config: ml_collections.ConfigDict) -> SegmentationData:
         raise DataError(f'{path}: file not found (listed in '
                         f'{os.path.join(root, "dataset.json")})')
   split = split_cases(list(cases), seed=int(config.data.get('split_seed', 0)))
-  train = split['train']
-  n_labeled = splits.num_labeled(config, len(train), root)
-  train_size = int(config.data.get('msd_train_size', DEFAULT_TRAIN_SIZE))
-  image_order = int(config.data.get('image_order', 1))
 
-  def load(name: str) -> Volume:
+  def load_one(name: str) -> Volume:
     return load_case(*cases[name], num_classes=len(class_names))
 
-  def load_train(name: str) -> Volume:
-    volume = load(name)
-    return transforms.resize_volume(volume, train_size, image_order) if train_size else volume
+  return spec.load_resized(config, 'msd', split, load_one, int(SPEC.block(config)['train_size']),
+                           f'MSD task at {root} ({", ".join(class_names[1:])})', 'volumes')
 
-  size = f'{train_size}x{train_size}' if train_size else 'native size'
-  return split_volume_data(
-      'msd', split, n_labeled, load, load_train,
-      (f'MSD task at {root} ({", ".join(class_names[1:])}): {n_labeled} labeled '
-       f'volumes, {len(train) - n_labeled} unlabeled, {len(split["val"])} validation, '
-       f'{len(split["test"])} test (training slices at {size})'))
+
+def classes(config) -> tuple[str, ...]:
+  """The task's classes, from its dataset.json (background first)."""
+  return read_dataset_json(config.data.dir)[0]
+
+
+SPEC = spec.DatasetSpec(
+    name='msd', detect=is_msd_layout, load=load, classes=classes,
+    config={'train_size': DEFAULT_TRAIN_SIZE}, axes=spec.slices_last, normalize=spec.minmax,
+    hint='an MSD task with dataset.json and imagesTr/')

@@ -7,9 +7,9 @@ names. Without train.list every case with a label is a training case in number o
 rules as LA (la.py): labeled = first `data.labeled_num` training cases (12 of 62 in the paper),
 validation = test.list, or without it the last `data.holdout_num` training cases.
 
-Preprocessing (paper, section 3; MC-Net/DTC): HU clipped to `data.pancreas_window` (-120..240)
+Preprocessing (paper, section 3; MC-Net/DTC): HU clipped to `data.pancreas.window` (-120..240)
 and mapped linearly to [0, 1] by the window bounds; the volume cropped to the bounding box of the
-pancreas label expanded by `data.pancreas_margin` (25) voxels per side, clamped to the volume.
+pancreas label expanded by `data.pancreas.margin` (25) voxels per side, clamped to the volume.
 As in the authors' code the crop uses the label, for every case including the evaluation ones
 (a known optimistic bias of this protocol: the test volume is already centred on the organ).
 
@@ -28,9 +28,8 @@ import re
 import ml_collections
 import numpy as np
 
-from jaxseg.data import kits19, la, readers, splits
-from jaxseg.data.sources import LazyVolumes, SegmentationData
-from jaxseg.data.transforms3d import VolumeSource
+from jaxseg.data import readers, spec, splits
+from jaxseg.data.sources import LazyVolumes, SegmentationData, VolumeSource
 from jaxseg.data.volume import Volume
 from jaxseg.errors import ConfigError, DataError
 
@@ -82,60 +81,68 @@ def load_case(image_path: str, label_path: str, *, window=DEFAULT_WINDOW,
               margin: int = DEFAULT_MARGIN, name: str = '') -> Volume:
   """One case windowed to [0, 1] and cropped around the pancreas (see the module docstring)."""
   if margin < 0:
-    raise ConfigError(f'data.pancreas_margin: must be >= 0, got {margin}')
+    raise ConfigError(f'data.pancreas.margin: must be >= 0, got {margin}')
   hu, affine, zooms = readers.read_nifti(image_path)
   if hu.ndim != 3:
     raise DataError(f'{image_path}: expected a 3D CT volume, got shape {hu.shape}')
-  seg, _, _ = readers.read_nifti(label_path)
-  if seg.shape != hu.shape:
-    raise DataError(f'{label_path}: label shape {seg.shape} differs from image shape '
-                    f'{hu.shape} of {os.path.basename(image_path)}')
+  seg = readers.read_nifti_label(label_path, hu.shape, image_path)
   label = readers.check_label(label_path, seg, NUM_CLASSES)
   box = crop_box(label, margin, label_path)
   affine = affine.copy()
   affine[:3, 3] += affine[:3, :3] @ np.array([b.start for b in box], np.float64)
   return Volume(
       name=name or os.path.basename(image_path).split('.')[0],
-      image=np.ascontiguousarray(kits19.window_ct(hu[box], window)),
+      image=np.ascontiguousarray(readers.window_ct(hu[box], window, 'data.pancreas.window')),
       label=np.ascontiguousarray(label[box]),
       spacing=(zooms[0], zooms[1], zooms[2]),
       affine=affine,
       path=image_path)
 
 
-def load_pancreas(config: ml_collections.ConfigDict) -> SegmentationData:
+def _window(config) -> tuple[float, float]:
+  window = tuple(float(v) for v in SPEC.block(config)['window'])
+  if len(window) != 2 or not window[1] > window[0]:
+    raise ConfigError(f'data.pancreas.window: expected (low, high) HU with low < high, '
+                      f'got {window}')
+  return window
+
+
+def load(config: ml_collections.ConfigDict) -> SegmentationData:
   """NIH Pancreas-CT as SegmentationData (see the module docstring)."""
   splits.check_num_classes(config, NUM_CLASSES, 'Pancreas')
   root = config.data.dir
-  d = config.data
-  window = tuple(float(v) for v in d.get('pancreas_window', DEFAULT_WINDOW))
-  if len(window) != 2 or not window[1] > window[0]:
-    raise ConfigError(f'data.pancreas_window: expected (low, high) HU with low < high, '
-                      f'got {window}')
-  margin = int(d.get('pancreas_margin', DEFAULT_MARGIN))
+  window, margin = _window(config), int(SPEC.block(config)['margin'])
   train_list = os.path.join(root, 'train.list')
   test_list = os.path.join(root, 'test.list')
-  train = la.read_list(train_list) if os.path.exists(train_list) else find_cases(root)
-  test = la.read_list(test_list) if os.path.exists(test_list) else None
+  train = splits.read_list(train_list) if os.path.exists(train_list) else find_cases(root)
+  test = splits.read_list(test_list) if os.path.exists(test_list) else None
   for case in train + (test or []):
     for path in case_paths(root, case):
       if not os.path.isfile(path):
         raise DataError(f'{path}: missing (case {case})')
-  train, val = la.holdout_split(train, test, int(d.holdout_num), root, int(d.folds),
-                                int(d.fold))
+  train, val, val_from = splits.held_out(config, train, test, root)
   n_labeled = splits.num_labeled(config, len(train) - 1, root)
 
-  def load(case: str) -> Volume:
+  def load_one(case: str) -> Volume:
     return load_case(*case_paths(root, case), window=window, margin=margin, name=case)
 
-  volumes = la.load_all(train, load, d.read_threads)
-  val_from = ('test.list' if test else f'the last {len(val)} training cases') if not d.folds \
-      else f'fold {d.fold + 1} of {d.folds}'
-  return SegmentationData(
-      layout='pancreas',
-      labeled=VolumeSource(volumes[:n_labeled], with_label=True),
-      unlabeled=VolumeSource(volumes[n_labeled:], with_label=False),
-      splits={'val': LazyVolumes(val, load)},
-      description=(f'NIH Pancreas-CT at {root}: {n_labeled} labeled cases, '
-                   f'{len(train) - n_labeled} unlabeled, {len(val)} validation ({val_from}); '
-                   f'window {window[0]:g}..{window[1]:g} HU, margin {margin} voxels'))
+  return spec.assemble(
+      'pancreas', splits.load_all(train, load_one, config.data.read_threads), n_labeled,
+      {'val': LazyVolumes(val, load_one)},
+      f'NIH Pancreas-CT at {root}: {n_labeled} labeled cases, {len(train) - n_labeled} '
+      f'unlabeled, {len(val)} validation ({val_from}); window {window[0]:g}..{window[1]:g} HU, '
+      f'margin {margin} voxels',
+      source=VolumeSource)
+
+
+def normalize(image: np.ndarray, config) -> np.ndarray:
+  """The run's `data.pancreas.window` (HU) mapped to [0, 1], as `load` does (prediction)."""
+  return readers.window_ct(image, _window(config), 'data.pancreas.window')
+
+
+SPEC = spec.DatasetSpec(
+    name='pancreas', detect=is_pancreas_layout, load=load,
+    classes=spec.fixed_classes(CLASS_NAMES),
+    config={'window': DEFAULT_WINDOW, 'margin': DEFAULT_MARGIN},
+    axes=spec.stored_order, normalize=normalize,
+    hint='Pancreas image/PANCREAS_XXXX.nii.gz')

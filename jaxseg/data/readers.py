@@ -1,4 +1,4 @@
-"""Single-file readers (SSL4MIS h5, NIfTI) and the original ACDC NIfTI layout.
+"""Single-file readers (SSL4MIS h5, NIfTI) and the CT window, shared by the dataset modules.
 
 Every problem with a file raises `DataError` with one line that starts with the file path, so
 the user can see at once which file is bad and why.
@@ -7,54 +7,19 @@ the user can see at once which file is bad and why.
 from __future__ import annotations
 
 import os
-import re
-import types
-from collections.abc import Mapping
 
 import h5py
 import nibabel as nib
 import numpy as np
 
 from jaxseg.data.volume import Volume
-from jaxseg.errors import DataError
+from jaxseg.errors import ConfigError, DataError
 
 PathLike = str | os.PathLike
 
 # At most this many offending values are listed in a message, to keep it one readable line.
 _MAX_LISTED = 10
 
-# The standard SSL4MIS ACDC split (github.com/HiLab-git/SSL4MIS, data/ACDC/{train,val}.list).
-# Generated once from those lists; the order of TRAIN_PATIENTS is the order of first appearance
-# in train.list and matters: SSL4MIS's labelled subset is the first N training patients.
-TRAIN_PATIENTS: tuple[str, ...] = (
-  'patient099', 'patient038', 'patient050', 'patient100', 'patient058', 'patient021',
-  'patient049', 'patient020', 'patient072', 'patient040', 'patient060', 'patient089',
-  'patient004', 'patient056', 'patient098', 'patient096', 'patient031', 'patient018',
-  'patient094', 'patient047', 'patient048', 'patient055', 'patient097', 'patient074',
-  'patient043', 'patient041', 'patient063', 'patient037', 'patient095', 'patient054',
-  'patient026', 'patient088', 'patient032', 'patient069', 'patient006', 'patient071',
-  'patient012', 'patient073', 'patient061', 'patient017', 'patient025', 'patient010',
-  'patient057', 'patient029', 'patient051', 'patient005', 'patient036', 'patient046',
-  'patient062', 'patient034', 'patient076', 'patient092', 'patient070', 'patient077',
-  'patient067', 'patient003', 'patient091', 'patient016', 'patient014', 'patient044',
-  'patient042', 'patient090', 'patient053', 'patient027', 'patient035', 'patient086',
-  'patient023', 'patient009', 'patient079', 'patient015',
-)
-VAL_PATIENTS: tuple[str, ...] = (
-  'patient028', 'patient085', 'patient082', 'patient087', 'patient019', 'patient030',
-  'patient078', 'patient045', 'patient002', 'patient039',
-)
-# patient001..patient100 not in train or val, ascending.
-TEST_PATIENTS: tuple[str, ...] = (
-  'patient001', 'patient007', 'patient008', 'patient011', 'patient013', 'patient022',
-  'patient024', 'patient033', 'patient052', 'patient059', 'patient064', 'patient065',
-  'patient066', 'patient068', 'patient075', 'patient080', 'patient081', 'patient083',
-  'patient084', 'patient093',
-)
-SSL4MIS_ACDC_SPLIT: Mapping[str, tuple[str, ...]] = types.MappingProxyType(
-  {'train': TRAIN_PATIENTS, 'val': VAL_PATIENTS, 'test': TEST_PATIENTS})
-
-_PATIENT_RE = re.compile(r'^patient\d{3}$')
 _NIFTI_EXTS = ('.nii.gz', '.nii')
 
 
@@ -64,7 +29,7 @@ def one_line(exc: BaseException) -> str:
   return f'{type(exc).__name__}: {text}' if text else type(exc).__name__
 
 
-def _format_values(values: np.ndarray) -> str:
+def format_values(values: np.ndarray) -> str:
   """`[4, 7]`, or `[4, 7, ...] (12 values)` when long; integral floats print as ints."""
   shown = [int(v) if float(v).is_integer() else float(v) for v in values[:_MAX_LISTED]]
   text = '[' + ', '.join(str(v) for v in shown)
@@ -80,7 +45,7 @@ def check_file(path: str) -> None:
     raise DataError(f'{path}: is a directory, not a file')
 
 
-def _check_num_classes(num_classes: int) -> None:
+def check_num_classes_range(num_classes: int) -> None:
   # Labels are returned as uint8, so more than 256 classes cannot be represented.
   if not 1 <= num_classes <= 256:
     raise ValueError(f'num_classes must be in 1..256, got {num_classes}')
@@ -110,13 +75,13 @@ def check_label(path: str, label: np.ndarray, num_classes: int) -> np.ndarray:
     bad = ~np.isfinite(label) | (label != np.round(label))
     if bad.any():
       values = np.unique(label[bad])
-      raise DataError(f'{path}: non-integer label values {_format_values(values)}')
+      raise DataError(f'{path}: non-integer label values {format_values(values)}')
   elif not (np.issubdtype(dtype, np.integer) or dtype == np.bool_):
     raise DataError(f'{path}: label has non-numeric dtype {dtype}')
   if label.size and (label.min() < 0 or label.max() >= num_classes):
     values = np.unique(label)
     values = values[(values < 0) | (values >= num_classes)]
-    raise DataError(f'{path}: label values {_format_values(values)} outside '
+    raise DataError(f'{path}: label values {format_values(values)} outside '
                     f'0..{num_classes - 1}')
   return label.astype(np.uint8)
 
@@ -149,7 +114,7 @@ def read_h5(path: PathLike, *, num_classes: int,
   Raises:
     DataError: one line starting with the path, for every problem with the file.
   """
-  _check_num_classes(num_classes)
+  check_num_classes_range(num_classes)
   path = os.fspath(path)
   check_file(path)
   try:
@@ -200,6 +165,29 @@ def read_nifti(path: PathLike) -> tuple[np.ndarray, np.ndarray, tuple[float, ...
   return data, affine, zooms
 
 
+def read_nifti_label(label_path: str, image_shape: tuple[int, ...], image_path: str) -> np.ndarray:
+  """The label NIfTI of an image as stored (float32, the file's values), its shape checked."""
+  label, _, _ = read_nifti(label_path)
+  if label.shape != tuple(image_shape):
+    raise DataError(f'{label_path}: label shape {label.shape} differs from image shape '
+                    f'{tuple(image_shape)} of {os.path.basename(image_path)}')
+  return label
+
+
+def read_volume_and_label(
+    image_path: str, label_path: str, require_label: bool = True, what: str = 'image'
+) -> tuple[np.ndarray, np.ndarray, tuple, np.ndarray | None]:
+  """(image, affine, zooms, label as stored or None) of a 3D image NIfTI and its label file;
+  the label is read when required or present, its shape checked against the image's."""
+  data, affine, zooms = read_nifti(image_path)
+  if data.ndim != 3:
+    raise DataError(f'{image_path}: expected a 3D {what}, got shape {data.shape}')
+  label = None
+  if require_label or os.path.exists(label_path):
+    label = read_nifti_label(label_path, data.shape, image_path)
+  return data, affine, zooms, label
+
+
 def nifti_path(folder: str, stem: str) -> str:
   """`folder/stem.nii.gz`, or `.nii` if only that exists (the .nii.gz name for messages)."""
   for ext in _NIFTI_EXTS:
@@ -209,170 +197,73 @@ def nifti_path(folder: str, stem: str) -> str:
   return os.path.join(folder, stem + _NIFTI_EXTS[0])
 
 
-def _read_info_cfg(path: str) -> dict[str, str]:
-  """`key: value` lines of an ACDC Info.cfg."""
-  try:
-    with open(path, encoding='utf-8') as f:
-      lines = f.read().splitlines()
-  except (OSError, UnicodeDecodeError) as e:
-    raise DataError(f'{path}: cannot read Info.cfg: {one_line(e)}') from e
-  info = {}
-  for line in lines:
-    if ':' in line:
-      key, value = line.split(':', 1)
-      info[key.strip()] = value.strip()
-  return info
+def window_ct(hu: np.ndarray, window: tuple[float, float], key: str = 'window') -> np.ndarray:
+  """Clips HU to `window` and maps it linearly to [0, 1]: lo -> 0, hi -> 1, as float32.
+
+  The bounds are the window's, not the volume's min and max, so a given HU value maps to the
+  same intensity in every case.
+  """
+  lo, hi = float(window[0]), float(window[1])
+  if not hi > lo:
+    raise ConfigError(f'{key}: expected (low, high) with low < high, got {window}')
+  x = np.clip(hu.astype(np.float64), lo, hi)
+  return ((x - lo) / (hi - lo)).astype(np.float32)
 
 
-def _gt_frames(patient_dir: str, pid: str) -> list[int]:
-  pattern = re.compile(rf'^{pid}_frame(\d+)_gt(?:\.nii\.gz|\.nii)$')
-  frames = {int(m.group(1)) for name in os.listdir(patient_dir)
-            if (m := pattern.match(name))}
-  return sorted(frames)
+def case_name(path: str) -> str:
+  """A NIfTI file's name without .nii.gz or .nii."""
+  name = os.path.basename(path)
+  for ext in _NIFTI_EXTS:
+    if name.endswith(ext):
+      return name[:-len(ext)]
+  return name
 
 
-def _acdc_frame_number(patient_dir: str, pid: str, frame_index: int) -> int:
-  """The real frame number of ED (frame_index 1) or ES (2): Info.cfg, else sorted gt frames."""
-  cfg = os.path.join(patient_dir, 'Info.cfg')
-  if os.path.exists(cfg):
-    key = ('ED', 'ES')[frame_index - 1]
-    info = _read_info_cfg(cfg)
-    if key not in info:
-      raise DataError(f'{cfg}: no {key!r} entry (keys present: {sorted(info)})')
-    try:
-      # Some releases write `ED: 1.0`; accept a whole-number float.
-      number = float(info[key])
-      if not number.is_integer() or number < 0:
-        raise ValueError
-      return int(number)
-    except ValueError:
-      raise DataError(f'{cfg}: {key} is {info[key]!r}, not a frame number') from None
-  frames = _gt_frames(patient_dir, pid)
-  if len(frames) != 2:
-    raise DataError(f'{patient_dir}: no Info.cfg, and expected 2 ground-truth frames '
-                    f'{pid}_frameNN_gt.nii.gz to tell ED from ES, found {len(frames)}')
-  # ED comes before ES in every ACDC acquisition, so the sorted order gives (ED, ES).
-  return frames[frame_index - 1]
+def minmax_normalize(x: np.ndarray, path: str) -> np.ndarray:
+  """`(x - min) / (max - min)` over the whole volume, as a new C-contiguous float32 array.
+
+  float32 arithmetic, not float64, because an MM-WHS CT volume is 300 MB in float32 already;
+  x may be a transposed view, and the result is written straight into C order.
+
+  Raises:
+    DataError: the image is constant (nothing to normalize).
+  """
+  lo, hi = float(x.min()), float(x.max())
+  if hi == lo:
+    raise DataError(f'{path}: image is constant ({lo:g}), cannot normalize to [0, 1]')
+  out = np.empty(x.shape, np.float32)
+  np.subtract(x, lo, out=out, dtype=np.float32)
+  out /= hi - lo
+  return out
 
 
-def load_acdc_nifti_volume(patient_dir: PathLike, frame_index: int, *, num_classes: int = 4,
-                           require_label: bool = True) -> Volume:
-  """Loads one labelled frame of an original ACDC NIfTI patient folder, as SSL4MIS would.
+def to_dhw(array_xyz: np.ndarray) -> np.ndarray:
+  """nibabel's (X, Y, Z) as (D, H, W) = (Z, Y, X), a view: slices along the last NIfTI axis."""
+  return array_xyz.transpose(2, 1, 0)
 
-  The folder `patientXXX/` holds `patientXXX_frameYY.nii.gz`, `patientXXX_frameYY_gt.nii.gz`
-  and `Info.cfg` (`ED: 1`, `ES: 12`, ...). The real frame number is taken from Info.cfg; if
-  Info.cfg is missing, the two ground-truth frames found are sorted and the first is taken as
-  ED, the second as ES (ED precedes ES in every ACDC acquisition).
 
-  The result matches SSL4MIS's h5 files: the volume is named `patientXXX_frame01` (ED) or
-  `patientXXX_frame02` (ES) whatever the real frame number; the image is transposed from
-  nibabel's (X, Y, Z) to (D, H, W) = (Z, Y, X), the order SimpleITK's GetArrayFromImage gives,
-  and min-max normalized per volume as `(x - min) / (max - min)`.
+def read_pair(image_path: str, label_path: str,
+              require_label: bool = True) -> tuple[Volume, np.ndarray | None]:
+  """Reads a 3D image and its label file, both as (D, H, W) = (Z, Y, X).
 
-  The affine is the NIfTI's, unchanged, and refers to the (X, Y, Z) order: to save a
-  prediction `pred` of shape (D, H, W), transpose it back first, e.g.
+  MSD and MM-WHS read their cases so. The affine is the file's and refers to nibabel's
+  (X, Y, Z) order: save a prediction `pred` of shape (D, H, W) as
   `nib.Nifti1Image(pred.transpose(2, 1, 0), volume.affine)`.
 
-  Args:
-    patient_dir: the `patientXXX` folder.
-    frame_index: 1 for end-diastole (ED), 2 for end-systole (ES).
-    num_classes: labels must lie in [0, num_classes).
-    require_label: if False, a missing `_gt` file gives `label=None` (unlabelled test data).
-
   Returns:
-    A Volume with spacing (z, y, x) in millimetres and the NIfTI affine.
+    (the Volume, image min-max normalized, label None; the label with the file's values as
+    a float32 (D, H, W) view, or None when not required and absent); the caller checks or maps
+    the values into a contiguous array.
 
   Raises:
-    DataError: missing folder or files, unreadable files, bad Info.cfg, shape mismatch, bad
-      label values, constant image.
+    DataError: missing or unreadable files, not 3D, label shape differs from the image's,
+      constant image.
   """
-  if frame_index not in (1, 2):
-    raise ValueError(f'frame_index must be 1 (ED) or 2 (ES), got {frame_index}')
-  _check_num_classes(num_classes)
-  patient_dir = os.fspath(patient_dir)
-  if not os.path.isdir(patient_dir):
-    raise DataError(f'{patient_dir}: ACDC patient folder not found')
-  pid = os.path.basename(os.path.normpath(patient_dir))
-  if not _PATIENT_RE.match(pid):
-    raise DataError(f'{patient_dir}: folder name {pid!r} is not of the form patientXXX')
-
-  frame = _acdc_frame_number(patient_dir, pid, frame_index)
-  image_path = nifti_path(patient_dir, f'{pid}_frame{frame:02d}')
-  gt_path = nifti_path(patient_dir, f'{pid}_frame{frame:02d}_gt')
-  data, affine, zooms = read_nifti(image_path)
-  if data.ndim != 3:
-    raise DataError(f'{image_path}: expected a 3D image, got shape {data.shape}')
-
-  label = None
-  if require_label or os.path.exists(gt_path):
-    gt, _, _ = read_nifti(gt_path)
-    if gt.shape != data.shape:
-      raise DataError(f'{gt_path}: label shape {gt.shape} differs from image shape '
-                      f'{data.shape} of {os.path.basename(image_path)}')
-    label = np.ascontiguousarray(check_label(gt_path, gt, num_classes).transpose(2, 1, 0))
-
-  # float64 arithmetic, then float32, as SSL4MIS does on SimpleITK's integer arrays.
-  x = data.astype(np.float64)
-  lo, hi = x.min(), x.max()
-  if hi == lo:
-    raise DataError(f'{image_path}: image is constant ({lo}), cannot normalize to [0, 1]')
-  image = ((x - lo) / (hi - lo)).astype(np.float32).transpose(2, 1, 0)
-
-  return Volume(
-    name=f'{pid}_frame{frame_index:02d}',
-    image=np.ascontiguousarray(image),
-    label=label,
-    spacing=(zooms[2], zooms[1], zooms[0]),
-    affine=affine,
-    path=image_path,
-  )
-
-
-def _scan_patient_dirs(root: str) -> list[tuple[str, str]]:
-  """(`patientXXX`, folder) for every patient folder in root, root/training, root/testing."""
-  found = []
-  for folder in (root, os.path.join(root, 'training'), os.path.join(root, 'testing')):
-    if not os.path.isdir(folder):
-      continue
-    for name in sorted(os.listdir(folder)):
-      path = os.path.join(folder, name)
-      if _PATIENT_RE.match(name) and os.path.isdir(path):
-        found.append((name, path))
-  return found
-
-
-def find_acdc_patient_dirs(root: PathLike) -> dict[str, str]:
-  """Maps `patientXXX` to its folder, searching root, root/training and root/testing.
-
-  Raises:
-    DataError: root is not a folder, or a patient appears in two places.
-  """
-  root = os.fspath(root)
-  if not os.path.isdir(root):
-    raise DataError(f'{root}: folder not found')
-  found: dict[str, str] = {}
-  for name, path in _scan_patient_dirs(root):
-    if name in found:
-      raise DataError(f'{root}: {name} found twice, in {found[name]} and {path}')
-    found[name] = path
-  return dict(sorted(found.items()))
-
-
-def is_acdc_nifti_layout(root: PathLike) -> bool:
-  """Whether root holds ACDC patient folders with at least one `patientXXX_frameYY` NIfTI.
-
-  Never raises: a layout with problems (e.g. a duplicated patient) still counts, so that
-  loading it reports the problem instead of the data going unrecognized.
-  """
-  root = os.fspath(root)
-  if not os.path.isdir(root):
-    return False
-  for pid, folder in _scan_patient_dirs(root):
-    pattern = re.compile(rf'^{pid}_frame\d+(?:\.nii\.gz|\.nii)$')
-    try:
-      names = os.listdir(folder)
-    except OSError:
-      continue
-    if any(pattern.match(name) for name in names):
-      return True
-  return False
+  data, affine, zooms, label = read_volume_and_label(image_path, label_path, require_label,
+                                                     'single-channel image')
+  label = None if label is None else to_dhw(label)
+  # A view in, a C-contiguous copy out: one copy of the volume besides the file's data.
+  volume = Volume(name=case_name(image_path), image=minmax_normalize(to_dhw(data), image_path),
+                  label=None, spacing=(zooms[2], zooms[1], zooms[0]), affine=affine,
+                  path=image_path)
+  return volume, label

@@ -1,6 +1,6 @@
 """Random-access sources of 2D training slices and of 3D evaluation volumes.
 
-Sources satisfy Grain's RandomAccessDataSource protocol (`__len__`, `__getitem__`) and return
+Sources satisfy Grain's RandomAccessDataSource protocol (3D runs: `VolumeSource`, whole volumes) (`__len__`, `__getitem__`) and return
 `{'image': float32 (H, W), 'label': uint8 (H, W)}`; unlabeled sources omit 'label'. Files are read
 lazily, one per access, and every read is checked (readers.py), so a bad file is named when it
 is first touched.
@@ -56,6 +56,24 @@ class VolumeSliceSource:
     element = {'image': volume.image[s]}
     if self.with_label:
       element['label'] = volume.label[s]
+    return element
+
+
+class VolumeSource:
+  """Whole in-memory volumes for Grain: `{'image': (D, H, W)}` plus `'label'` when labeled."""
+
+  def __init__(self, volumes: Sequence[Volume], with_label: bool):
+    self.volumes = list(volumes)
+    self.with_label = with_label
+
+  def __len__(self) -> int:
+    return len(self.volumes)
+
+  def __getitem__(self, index: int) -> dict[str, np.ndarray]:
+    volume = self.volumes[index]
+    element = {'image': volume.image}
+    if self.with_label:
+      element['label'] = volume.label
     return element
 
 
@@ -137,17 +155,3 @@ def h5_volume_loader(data_dir: str, num_classes: int) -> Callable[[str], Volume]
       raise DataError(f'{path}: expected a 3D volume (D, H, W), got shape {image.shape}')
     return Volume(name=name, image=image, label=label, path=path)
   return load
-
-
-def split_volume_data(layout: str, split: dict[str, Sequence[str]], n_labeled: int,
-                      load: Callable[[str], Volume], load_train: Callable[[str], Volume],
-                      description: str) -> SegmentationData:
-  """Datasets split at the volume level (MSD, MM-WHS): the first `n_labeled` training volumes
-  labeled, the rest unlabeled (both in memory via `load_train`), val/test read on access."""
-  train = split['train']
-  return SegmentationData(
-      layout=layout,
-      labeled=VolumeSliceSource([load_train(c) for c in train[:n_labeled]], with_label=True),
-      unlabeled=VolumeSliceSource([load_train(c) for c in train[n_labeled:]], with_label=False),
-      splits={name: LazyVolumes(split[name], load) for name in ('val', 'test')},
-      description=description)

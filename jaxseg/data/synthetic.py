@@ -16,6 +16,8 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
+from jaxseg.data import spec, splits
+from jaxseg.data.sources import SegmentationData
 from jaxseg.data.volume import Volume
 from jaxseg.errors import ConfigError
 
@@ -365,3 +367,21 @@ def _render(rng: np.random.Generator, depth: int, size: int,
   label[myo] = MYO
   label[lv] = LV
   return image, label
+
+
+def load(config) -> SegmentationData:
+  """The 2D phantom as SegmentationData: the first `data.labeled_num` training volumes labeled."""
+  s = SPEC.block(config)
+  data = make_dataset(seed=config.seed, num_train=s['num_train'], num_val=s['num_val'],
+                      num_test=s['num_test'], num_slices=s['num_slices'], size=s['size'])
+  n = splits.num_labeled(config, s['num_train'], 'synthetic phantom')
+  return spec.assemble(
+      'synthetic', data['train'], n, {'val': data['val'], 'test': data['test']},
+      f'synthetic cardiac phantom: {n} labeled volumes, {s["num_train"] - n} unlabeled, '
+      f'{s["num_val"]} validation volumes ({s["num_slices"]} slices of {s["size"]}x{s["size"]})')
+
+
+SPEC = spec.DatasetSpec(
+    name='synthetic', detect=None, load=load, classes=lambda config: CLASS_NAMES,
+    config={'num_train': 40, 'num_val': 8, 'num_test': 8, 'num_slices': 8, 'size': 128},
+    axes=spec.slices_last, normalize=spec.minmax)

@@ -13,9 +13,8 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-from jaxseg.data import splits
-from jaxseg.data.sources import SegmentationData
-from jaxseg.data.transforms3d import VolumeSource
+from jaxseg.data import spec, splits
+from jaxseg.data.sources import SegmentationData, VolumeSource
 from jaxseg.data.volume import Volume
 from jaxseg.errors import ConfigError
 
@@ -96,17 +95,20 @@ def make_dataset(seed: int = 0, num_train: int = 24, num_val: int = 4, num_test:
   return out
 
 
-def load_synthetic3d(config) -> SegmentationData:
+def load(config) -> SegmentationData:
   """The 3D phantom as SegmentationData: the first `data.labeled_num` training volumes labeled."""
   splits.check_num_classes(config, NUM_CLASSES, 'the synthetic 3D phantom')
-  s = config.data.synthetic3d
-  data = make_dataset(seed=config.seed, num_train=s.num_train, num_val=s.num_val,
-                      num_test=s.num_test, size=s.size)
-  n = splits.num_labeled(config, s.num_train, 'synthetic 3D phantom')
-  return SegmentationData(
-      layout='synthetic3d',
-      labeled=VolumeSource(data['train'][:n], with_label=True),
-      unlabeled=VolumeSource(data['train'][n:], with_label=False),
-      splits={'val': data['val'], 'test': data['test']},
-      description=(f'synthetic 3D phantom: {n} labeled volumes, {s.num_train - n} unlabeled, '
-                   f'{s.num_val} validation volumes ({s.size}^3)'))
+  s = SPEC.block(config)
+  data = make_dataset(seed=config.seed, num_train=s['num_train'], num_val=s['num_val'],
+                      num_test=s['num_test'], size=s['size'])
+  n = splits.num_labeled(config, s['num_train'], 'synthetic 3D phantom')
+  return spec.assemble(
+      'synthetic3d', data['train'], n, {'val': data['val'], 'test': data['test']},
+      f'synthetic 3D phantom: {n} labeled volumes, {s["num_train"] - n} unlabeled, '
+      f'{s["num_val"]} validation volumes ({s["size"]}^3)', source=VolumeSource)
+
+
+SPEC = spec.DatasetSpec(
+    name='synthetic3d', detect=None, load=load, classes=spec.fixed_classes(CLASS_NAMES),
+    config={'num_train': 24, 'num_val': 4, 'num_test': 4, 'size': 48},
+    axes=spec.slices_last, normalize=spec.minmax)

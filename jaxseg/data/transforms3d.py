@@ -20,29 +20,10 @@ from typing import Any, Sequence
 import grain
 import numpy as np
 
-from jaxseg.data.volume import Volume
 from jaxseg.errors import ConfigError
 
 # UA-MT pads this many voxels beyond the crop on each side when a volume is too small.
 CROP_PAD_MARGIN = 3
-
-
-class VolumeSource:
-  """Whole in-memory volumes for Grain: `{'image': (D, H, W)}` plus `'label'` when labeled."""
-
-  def __init__(self, volumes: Sequence[Volume], with_label: bool):
-    self.volumes = list(volumes)
-    self.with_label = with_label
-
-  def __len__(self) -> int:
-    return len(self.volumes)
-
-  def __getitem__(self, index: int) -> dict[str, np.ndarray]:
-    volume = self.volumes[index]
-    element = {'image': volume.image}
-    if self.with_label:
-      element['label'] = volume.label
-    return element
 
 
 def check_crop_shape(crop_shape: Sequence[int]) -> tuple[int, int, int]:

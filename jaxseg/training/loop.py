@@ -83,6 +83,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, resum
     stage = config_lib.stage_config(config, name) if name else config
     objectives.resolve(tuple(stage.losses))
     config_lib.check_sizes(stage, f'stages.{name}.' if name else '')
+  # The dataset's own config block and classes; config.json holds no other dataset's block.
+  config = datasets.resolve_config(config)
   data = datasets.load_data(config)
   data.check(progress)  # bad data fails before the run directory is touched
   print(data.description, flush=True)

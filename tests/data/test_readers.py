@@ -11,9 +11,9 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from jaxseg.data import readers
+from jaxseg.data import acdc, readers
 from jaxseg.data.volume import Volume
-from jaxseg.errors import DataError
+from jaxseg.errors import ConfigError, DataError
 
 ACDC_ROOT = pathlib.Path('/work/shared/data/ACDC')
 needs_acdc = pytest.mark.skipif(
@@ -234,35 +234,35 @@ def test_read_nifti_nan(tmp_path):
 
 
 def test_find_acdc_patient_dirs(acdc_root, tmp_path):
-  dirs = readers.find_acdc_patient_dirs(acdc_root)
+  dirs = acdc.find_patient_dirs(acdc_root)
   assert dirs == {'patient001': str(acdc_root / 'training' / 'patient001'),
                   'patient101': str(acdc_root / 'testing' / 'patient101')}
-  assert readers.is_acdc_nifti_layout(acdc_root)
-  assert not readers.is_acdc_nifti_layout(tmp_path / 'nope')
-  assert not readers.is_acdc_nifti_layout(acdc_root / 'training' / 'patient001')
+  assert acdc.is_acdc_layout(acdc_root)
+  assert not acdc.is_acdc_layout(tmp_path / 'nope')
+  assert not acdc.is_acdc_layout(acdc_root / 'training' / 'patient001')
   # Patient folders directly under root count too.
   flat = tmp_path / 'flat'
   _write_patient(flat / 'patient005', 'patient005', (1, 8), info=True)
-  assert readers.find_acdc_patient_dirs(flat) == {'patient005': str(flat / 'patient005')}
-  assert readers.is_acdc_nifti_layout(flat)
+  assert acdc.find_patient_dirs(flat) == {'patient005': str(flat / 'patient005')}
+  assert acdc.is_acdc_layout(flat)
   # The SSL4MIS h5 layout is not this one.
   h5_root = tmp_path / 'h5'
   (h5_root / 'data').mkdir(parents=True)
   _good_h5(h5_root / 'data' / 'patient001_frame01.h5')
-  assert not readers.is_acdc_nifti_layout(h5_root)
+  assert not acdc.is_acdc_layout(h5_root)
 
 
 def test_find_acdc_patient_dirs_errors(acdc_root, tmp_path):
-  _raises(tmp_path / 'nope', 'not found', fn=readers.find_acdc_patient_dirs)
+  _raises(tmp_path / 'nope', 'not found', fn=acdc.find_patient_dirs)
   (acdc_root / 'testing' / 'patient001').mkdir()
-  _raises(acdc_root, 'patient001', 'twice', fn=readers.find_acdc_patient_dirs)
-  assert readers.is_acdc_nifti_layout(acdc_root)
+  _raises(acdc_root, 'patient001', 'twice', fn=acdc.find_patient_dirs)
+  assert acdc.is_acdc_layout(acdc_root)
 
 
 def test_load_acdc_volume(acdc_root):
   folder = acdc_root / 'training' / 'patient001'
   for frame_index, frame, k in [(1, 1, 0), (2, 12, 1)]:
-    vol = readers.load_acdc_nifti_volume(str(folder), frame_index)
+    vol = acdc.load_volume(str(folder), frame_index)
     assert isinstance(vol, Volume)
     assert vol.name == f'patient001_frame{frame_index:02d}'
     assert vol.path.endswith(f'patient001_frame{frame:02d}.nii.gz')
@@ -282,15 +282,15 @@ def test_load_acdc_volume(acdc_root):
 
 def test_load_acdc_volume_without_info_cfg(acdc_root):
   folder = acdc_root / 'testing' / 'patient101'
-  es = readers.load_acdc_nifti_volume(folder, 2)
+  es = acdc.load_volume(folder, 2)
   assert es.name == 'patient101_frame02'
   assert es.path.endswith('patient101_frame09.nii.gz')
   (folder / 'patient101_frame05_gt.nii.gz').write_bytes(b'')
-  _raises(folder, 'Info.cfg', 'found 3', fn=lambda p: readers.load_acdc_nifti_volume(p, 1))
+  _raises(folder, 'Info.cfg', 'found 3', fn=lambda p: acdc.load_volume(p, 1))
 
 
 def test_prediction_round_trip(acdc_root, tmp_path):
-  vol = readers.load_acdc_nifti_volume(acdc_root / 'training' / 'patient001', 1)
+  vol = acdc.load_volume(acdc_root / 'training' / 'patient001', 1)
   out = tmp_path / 'pred.nii.gz'
   nib.save(nib.Nifti1Image(vol.label.transpose(2, 1, 0), vol.affine), str(out))
   data, affine, _ = readers.read_nifti(out)
@@ -300,9 +300,9 @@ def test_prediction_round_trip(acdc_root, tmp_path):
 
 def test_load_acdc_volume_errors(acdc_root, tmp_path):
   folder = acdc_root / 'training' / 'patient001'
-  load = lambda frame_index: (lambda p: readers.load_acdc_nifti_volume(p, frame_index))
+  load = lambda frame_index: (lambda p: acdc.load_volume(p, frame_index))
   with pytest.raises(ValueError):
-    readers.load_acdc_nifti_volume(folder, 3)
+    acdc.load_volume(folder, 3)
   _raises(tmp_path / 'patient009', 'not found', fn=load(1))
   # Bad label values in the ground truth.
   bad = _label_xyz(0)
@@ -329,32 +329,32 @@ def test_load_acdc_volume_errors(acdc_root, tmp_path):
 def test_load_acdc_volume_without_label(acdc_root):
   folder = acdc_root / 'training' / 'patient001'
   (folder / 'patient001_frame01_gt.nii.gz').unlink()
-  vol = readers.load_acdc_nifti_volume(folder, 1, require_label=False)
+  vol = acdc.load_volume(folder, 1, require_label=False)
   assert vol.label is None and vol.image.shape == XYZ[::-1]
   _raises(folder / 'patient001_frame01_gt.nii.gz', 'not found',
-          fn=lambda p: readers.load_acdc_nifti_volume(folder, 1))
+          fn=lambda p: acdc.load_volume(folder, 1))
 
 
 def test_load_acdc_constant_image(acdc_root):
   folder = acdc_root / 'training' / 'patient001'
   _save(np.full(XYZ, 7, np.int16), folder / 'patient001_frame01.nii.gz')
   _raises(folder / 'patient001_frame01.nii.gz', 'constant',
-          fn=lambda p: readers.load_acdc_nifti_volume(folder, 1))
+          fn=lambda p: acdc.load_volume(folder, 1))
 
 
 # --- SSL4MIS split and real data ---------------------------------------------------------
 
 
 def test_split_is_a_partition_of_100_patients():
-  train, val, test = readers.TRAIN_PATIENTS, readers.VAL_PATIENTS, readers.TEST_PATIENTS
+  train, val, test = acdc.TRAIN_PATIENTS, acdc.VAL_PATIENTS, acdc.TEST_PATIENTS
   assert (len(train), len(val), len(test)) == (70, 10, 20)
   everyone = set(train) | set(val) | set(test)
   assert len(everyone) == 100
   assert everyone == {f'patient{i:03d}' for i in range(1, 101)}
   assert list(test) == sorted(test)
-  assert readers.SSL4MIS_ACDC_SPLIT['train'] == train
-  assert readers.SSL4MIS_ACDC_SPLIT['val'] == val
-  assert readers.SSL4MIS_ACDC_SPLIT['test'] == test
+  assert acdc.SSL4MIS_ACDC_SPLIT['train'] == train
+  assert acdc.SSL4MIS_ACDC_SPLIT['val'] == val
+  assert acdc.SSL4MIS_ACDC_SPLIT['test'] == test
 
 
 def _patients_in_order(list_file: pathlib.Path) -> list[str]:
@@ -368,10 +368,10 @@ def _patients_in_order(list_file: pathlib.Path) -> list[str]:
 
 @needs_acdc
 def test_split_matches_ssl4mis_lists():
-  assert list(readers.TRAIN_PATIENTS) == _patients_in_order(ACDC_ROOT / 'train.list')
-  assert list(readers.VAL_PATIENTS) == _patients_in_order(ACDC_ROOT / 'val.list')
+  assert list(acdc.TRAIN_PATIENTS) == _patients_in_order(ACDC_ROOT / 'train.list')
+  assert list(acdc.VAL_PATIENTS) == _patients_in_order(ACDC_ROOT / 'val.list')
   slices = {name.split('_')[0] for name in (ACDC_ROOT / 'train_slices.list').read_text().split()}
-  assert slices == set(readers.TRAIN_PATIENTS)
+  assert slices == set(acdc.TRAIN_PATIENTS)
 
 
 @needs_acdc
@@ -389,3 +389,14 @@ def test_read_real_acdc_slice_and_volume():
   # With too few classes the real labels are rejected, naming the values.
   with pytest.raises(DataError, match=r'label values \[3\] outside 0\.\.2'):
     readers.read_h5(ACDC_ROOT / 'data' / f'{vol_name}.h5', num_classes=3)
+
+
+def test_window_ct_known_values():
+  hu = np.array([-2000.0, -79.0, 112.5, 304.0, 3000.0])
+  np.testing.assert_allclose(readers.window_ct(hu, (-79.0, 304.0)), [0.0, 0.0, 0.5, 1.0, 1.0],
+                             atol=1e-7)
+  assert readers.window_ct(hu, (-79.0, 304.0)).dtype == np.float32
+  np.testing.assert_allclose(readers.window_ct(np.array([0.0, 50.0, 100.0]), (0, 100)),
+                             [0.0, 0.5, 1.0])
+  with pytest.raises(ConfigError, match='window'):
+    readers.window_ct(hu, (100, 100))

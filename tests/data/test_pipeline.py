@@ -12,9 +12,9 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from conftest import tiny_config
+from conftest import config_3d, tiny_config
 from jaxseg import config as config_lib
-from jaxseg.data import datasets, pipeline, readers
+from jaxseg.data import acdc, datasets, pipeline
 
 XYZ = (12, 16, 5)  # nibabel (X, Y, Z) of the NIfTI fixtures; (D, H, W) = (5, 16, 12)
 
@@ -58,7 +58,7 @@ def test_real_acdc_labeled_split(acdc_dir, labeled_num, num_slices):
   assert data.unlabeled.paths == paths[num_slices:]
   assert data.labeled.with_label and not data.unlabeled.with_label
   patients = {os.path.basename(p).split('_')[0] for p in data.labeled.paths}
-  assert patients == set(readers.TRAIN_PATIENTS[:labeled_num])
+  assert patients == set(acdc.TRAIN_PATIENTS[:labeled_num])
   with open(os.path.join(acdc_dir, 'val.list')) as f:
     val_names = [line.strip() for line in f if line.strip()]
   assert len(data.splits['val']) == 20
@@ -99,7 +99,7 @@ def test_acdc_nifti_layout(tmp_path):
   root = tmp_path / 'ACDC'
   # Written in sorted order (patient038, patient050, patient099): the split must follow
   # TRAIN_PATIENTS (patient099 first), not the folder order.
-  patients = list(readers.TRAIN_PATIENTS[:3]) + [readers.VAL_PATIENTS[0]]
+  patients = list(acdc.TRAIN_PATIENTS[:3]) + [acdc.VAL_PATIENTS[0]]
   seeds = {pid: (10 * i, 10 * i + 1) for i, pid in enumerate(patients)}
   for pid in sorted(patients):
     _write_nifti_patient(root, pid, seeds[pid])
@@ -115,13 +115,13 @@ def test_acdc_nifti_layout(tmp_path):
         out += [(image[z], label[z] if with_label else None) for z in range(XYZ[2])]
     return out
 
-  first = readers.TRAIN_PATIENTS[0]
+  first = acdc.TRAIN_PATIENTS[0]
   assert len(data.labeled) == 2 * XYZ[2]
   _assert_slices_equal(_source_items(data.labeled), slices([first], True))
-  _assert_slices_equal(_source_items(data.unlabeled), slices(readers.TRAIN_PATIENTS[1:3], False))
+  _assert_slices_equal(_source_items(data.unlabeled), slices(acdc.TRAIN_PATIENTS[1:3], False))
   val = data.splits['val']
-  assert [v.name for v in val] == [f'{readers.VAL_PATIENTS[0]}_frame0{i}' for i in (1, 2)]
-  for volume, seed in zip(val, seeds[readers.VAL_PATIENTS[0]]):
+  assert [v.name for v in val] == [f'{acdc.VAL_PATIENTS[0]}_frame0{i}' for i in (1, 2)]
+  for volume, seed in zip(val, seeds[acdc.VAL_PATIENTS[0]]):
     image, label = _expected_volume(seed)
     np.testing.assert_array_equal(volume.image, image)
     np.testing.assert_array_equal(volume.label, label)
@@ -146,8 +146,8 @@ def _write_h5(path: pathlib.Path, image: np.ndarray, label: np.ndarray) -> None:
 def test_ssl4mis_h5_layout(tmp_path):
   root = tmp_path / 'ACDC'
   (root / 'data' / 'slices').mkdir(parents=True)
-  train = readers.TRAIN_PATIENTS[:3]
-  val = readers.VAL_PATIENTS[0]
+  train = acdc.TRAIN_PATIENTS[:3]
+  val = acdc.VAL_PATIENTS[0]
   volumes, names = {}, []
   for i, pid in enumerate(train + (val,)):
     for frame in (1, 2):
@@ -279,3 +279,30 @@ def test_h5_slices_are_resized_in_batches(tmp_path, smoke):
     assert labeled['image'].shape == labeled['label'].shape == (2, s, s)
     assert labeled['label'].dtype == np.int32 and set(np.unique(labeled['label'])) <= {0, 1, 2, 3}
     assert unlabeled['image_weak'].shape == (2, s, s)
+
+
+# --- 3D streams ----------------------------------------------------------------------------
+
+
+def test_3d_stream_is_deterministic_and_restorable():
+  c = config_3d(strong_noise=0.05)
+  data = datasets.load_data(c)
+  assert data.layout == 'synthetic3d' and len(data.labeled) == 2 and len(data.unlabeled) == 4
+  first = _take(pipeline.make_train_iterator(data, c, with_unlabeled=True), 5)
+  again = pipeline.make_train_iterator(data, c, with_unlabeled=True)
+  _assert_same(first, _take(again, 5))
+  labeled, unlabeled = first[0]
+  assert labeled['image'].shape == labeled['label'].shape == (2, 16, 16, 8)
+  assert set(unlabeled) == {'image_weak', 'image_strong'}
+  assert unlabeled['image_weak'].shape == (2, 16, 16, 8)
+  # Restored after 2 batches, a fresh iterator yields the same remaining 3.
+  it = pipeline.make_train_iterator(data, c, with_unlabeled=True)
+  _take(it, 2)
+  state = it.get_state()
+  restored = pipeline.make_train_iterator(data, c, with_unlabeled=True)
+  restored.set_state(state)
+  _assert_same(first[2:], _take(restored, 3))
+  # A different seed gives different crops.
+  c.seed = 1
+  other = _take(pipeline.make_train_iterator(data, c, with_unlabeled=True), 1)
+  assert not np.array_equal(other[0][0]['image'], labeled['image'])

@@ -8,12 +8,13 @@ import json
 import pathlib
 
 import ml_collections
+from conftest import data_config
 import nibabel as nib
 import numpy as np
 import pytest
 
 from jaxseg import config as config_lib
-from jaxseg.data import datasets, mmwhs, msd, splits
+from jaxseg.data import datasets, mmwhs, msd, readers, splits
 from jaxseg.data.sources import LazyVolumes, SegmentationData
 from jaxseg.errors import ConfigError, DataError
 
@@ -90,12 +91,7 @@ def _write_mmwhs(root: pathlib.Path, num_cases: int = NUM_CT, sub: str = 'ct_tra
 
 
 def _config(data_dir: pathlib.Path, num_classes: int, **data) -> ml_collections.ConfigDict:
-  c = ml_collections.ConfigDict()
-  c.seed = 0
-  c.num_classes = num_classes
-  c.data = ml_collections.ConfigDict(dict(dir=str(data_dir), labeled_num=1, image_order=1))
-  c.data.update(data)
-  return c
+  return data_config(data_dir, num_classes, image_order=1, **data)
 
 
 def _minmax(x: np.ndarray) -> np.ndarray:
@@ -149,9 +145,9 @@ def test_split_is_seeded_and_deterministic(hippo_root, ct_root):
   def names(data):
     return ([v.name for v in data.labeled.volumes], [v.name for v in data.unlabeled.volumes],
             data.splits['val'].names, data.splits['test'].names)
-  a = names(msd.load_msd(_config(hippo_root, 3, labeled_fraction=0.5)))
-  assert a == names(msd.load_msd(_config(hippo_root, 3, labeled_fraction=0.5)))
-  b = names(msd.load_msd(_config(hippo_root, 3, labeled_fraction=0.5, split_seed=1)))
+  a = names(msd.load(_config(hippo_root, 3, labeled_fraction=0.5)))
+  assert a == names(msd.load(_config(hippo_root, 3, labeled_fraction=0.5)))
+  b = names(msd.load(_config(hippo_root, 3, labeled_fraction=0.5, split_seed=1)))
   assert a != b and sorted(sum(a, [])) == sorted(sum(b, []))
   cases = list(mmwhs.find_cases(ct_root))
   assert mmwhs.split_cases(cases, seed=3) == mmwhs.split_cases(cases[::-1], seed=3)
@@ -187,7 +183,7 @@ def test_msd_load_case_slices_last_axis_and_normalizes(hippo_root):
 
 
 def test_load_msd(hippo_root):
-  data = msd.load_msd(_config(hippo_root, 3, labeled_fraction=0.5))
+  data = msd.load(_config(hippo_root, 3, labeled_fraction=0.5))
   assert isinstance(data, SegmentationData) and data.layout == 'msd'
   depth = HIPPO_SHAPE[2]
   # 6 training volumes, half labeled; 5 slices each (the last NIfTI axis).
@@ -211,18 +207,10 @@ def test_load_msd(hippo_root):
   assert sorted(names) == [f'hippocampus_{i + 1:03d}' for i in range(NUM_HIPPO)]
   data.check(progress=False)
   # labeled_num when no fraction; native size on request.
-  data = msd.load_msd(_config(hippo_root, 3, labeled_num=2, msd_train_size=0))
+  data = msd.load(_config(hippo_root, 3, labeled_num=2, msd=dict(train_size=0)))
   assert len(data.labeled) == 2 * depth and data.labeled[0]['image'].shape == (12, 9)
   with pytest.raises(ConfigError, match='num_classes'):
-    msd.load_msd(_config(hippo_root, 4))
-
-
-def test_msd_missing_label_names_file(hippo_root):
-  path = hippo_root / 'labelsTr' / 'hippocampus_007.nii.gz'
-  path.unlink()
-  with pytest.raises(DataError, match='file not found') as e:
-    msd.load_msd(_config(hippo_root, 3, labeled_fraction=0.5))
-  assert str(e.value).startswith(str(path)) and '\n' not in str(e.value)
+    msd.load(_config(hippo_root, 4))
 
 
 def test_msd_bad_label_value_names_file(hippo_root):
@@ -233,15 +221,6 @@ def test_msd_bad_label_value_names_file(hippo_root):
   _, cases = msd.read_dataset_json(hippo_root)
   with pytest.raises(DataError, match=r'label values \[3\] outside 0\.\.2') as e:
     msd.load_case(*cases['hippocampus_001'], num_classes=3)
-  assert str(e.value).startswith(str(path))
-
-
-def test_msd_shape_mismatch_names_file(hippo_root):
-  path = hippo_root / 'labelsTr' / 'hippocampus_004.nii.gz'
-  _save_nifti(np.zeros((9, 12, 4), np.uint8), path, HIPPO_ZOOMS)
-  _, cases = msd.read_dataset_json(hippo_root)
-  with pytest.raises(DataError, match='differs from image shape') as e:
-    msd.load_case(*cases['hippocampus_004'], num_classes=3)
   assert str(e.value).startswith(str(path))
 
 
@@ -274,9 +253,9 @@ def test_msd_bad_dataset_json_names_file(hippo_root):
 
 
 def test_minmax_normalize_constant_image_is_an_error():
-  np.testing.assert_allclose(msd.minmax_normalize(np.array([2.0, 4.0, 6.0]), 'x'), [0, 0.5, 1])
+  np.testing.assert_allclose(readers.minmax_normalize(np.array([2.0, 4.0, 6.0]), 'x'), [0, 0.5, 1])
   with pytest.raises(DataError, match='x: image is constant'):
-    msd.minmax_normalize(np.full((2, 2), 7.0), 'x')
+    readers.minmax_normalize(np.full((2, 2), 7.0), 'x')
 
 
 # ---------------------------------------------------------------------------------------------
@@ -309,7 +288,7 @@ def test_mmwhs_load_case(ct_root):
 
 
 def test_load_mmwhs(ct_root):
-  data = mmwhs.load_mmwhs(_config(ct_root, 8, labeled_fraction=0.5))
+  data = mmwhs.load(_config(ct_root, 8, labeled_fraction=0.5))
   assert isinstance(data, SegmentationData) and data.layout == 'mmwhs'
   depth = CT_SHAPE[2]
   # 8 cases 2:1:1 -> 4 training (half labeled), 2 validation, 2 test.
@@ -327,15 +306,7 @@ def test_load_mmwhs(ct_root):
   assert 'ct_test_2001' not in sum((list(v.names) for v in data.splits.values()), [])
   data.check(progress=False)
   with pytest.raises(ConfigError, match='num_classes'):
-    mmwhs.load_mmwhs(_config(ct_root, 3))
-
-
-def test_mmwhs_missing_label_names_file(ct_root):
-  path = ct_root / 'ct_train' / 'ct_train_1006_label.nii.gz'
-  path.unlink()
-  with pytest.raises(DataError, match='file not found') as e:
-    mmwhs.load_mmwhs(_config(ct_root, 8, labeled_fraction=0.5))
-  assert str(e.value).startswith(str(path)) and '\n' not in str(e.value)
+    mmwhs.load(_config(ct_root, 3))
 
 
 def test_mmwhs_unknown_label_value_names_file(ct_root):
@@ -348,14 +319,6 @@ def test_mmwhs_unknown_label_value_names_file(ct_root):
   assert str(e.value).startswith(str(path)) and '\n' not in str(e.value)
 
 
-def test_mmwhs_shape_mismatch_names_file(ct_root):
-  path = ct_root / 'ct_train' / 'ct_train_1002_label.nii.gz'
-  _save_nifti(np.zeros((16, 14, 5), np.int16), path, CT_ZOOMS)
-  with pytest.raises(DataError, match='differs from image shape') as e:
-    mmwhs.load_case(*mmwhs.find_cases(ct_root)['ct_train_1002'])
-  assert str(e.value).startswith(str(path))
-
-
 def test_mmwhs_corrupt_gz_names_file(ct_root):
   path = ct_root / 'ct_train' / 'ct_train_1004_label.nii.gz'
   data = path.read_bytes()
@@ -363,6 +326,40 @@ def test_mmwhs_corrupt_gz_names_file(ct_root):
   with pytest.raises(DataError, match='not a readable NIfTI') as e:
     mmwhs.load_case(*mmwhs.find_cases(ct_root)['ct_train_1004'])
   assert str(e.value).startswith(str(path)) and '\n' not in str(e.value)
+
+
+# ---------------------------------------------------------------------------------------------
+# Errors both layouts name the same way.
+
+
+def _load_one(module, root, name):
+  if module is msd:
+    return msd.load_case(*msd.read_dataset_json(root)[1][name], num_classes=3)
+  return mmwhs.load_case(*mmwhs.find_cases(root)[name])
+
+
+@pytest.mark.parametrize('module, root_fixture, label, num_classes', [
+    (msd, 'hippo_root', 'labelsTr/hippocampus_007.nii.gz', 3),
+    (mmwhs, 'ct_root', 'ct_train/ct_train_1006_label.nii.gz', 8)])
+def test_missing_label_names_file(module, root_fixture, label, num_classes, request):
+  root = request.getfixturevalue(root_fixture)
+  (root / label).unlink()
+  with pytest.raises(DataError, match='file not found') as e:
+    module.load(_config(root, num_classes, labeled_fraction=0.5))
+  assert str(e.value).startswith(str(root / label)) and '\n' not in str(e.value)
+
+
+@pytest.mark.parametrize('module, root_fixture, case, label, shape, zooms', [
+    (msd, 'hippo_root', 'hippocampus_004', 'labelsTr/hippocampus_004.nii.gz', (9, 12, 4),
+     HIPPO_ZOOMS),
+    (mmwhs, 'ct_root', 'ct_train_1002', 'ct_train/ct_train_1002_label.nii.gz', (16, 14, 5),
+     CT_ZOOMS)])
+def test_label_shape_mismatch_names_file(module, root_fixture, case, label, shape, zooms, request):
+  root = request.getfixturevalue(root_fixture)
+  _save_nifti(np.zeros(shape, np.int16), root / label, zooms)
+  with pytest.raises(DataError, match='differs from image shape') as e:
+    _load_one(module, root, case)
+  assert str(e.value).startswith(str(root / label))
 
 
 # ---------------------------------------------------------------------------------------------
