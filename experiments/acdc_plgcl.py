@@ -48,8 +48,7 @@ PROFILES = ('paper', 'quick', 'cpu')
 
 
 def get_config(profile: str = 'paper'):
-  config = config_lib.base_config()
-  config.losses = ('supervised', 'mean_teacher', 'plgcl')
+  config = config_lib.base_config(losses=('supervised', 'mean_teacher', 'plgcl'))
   config.supervised.kind = 'ce'  # eq. 7
   config.mean_teacher.update(consistency='ce', weight=0.25, rampup_length=0, start_step=0,
                              teacher_noise=0.0)  # eq. 6; beta 0.25, no ramp in the paper
