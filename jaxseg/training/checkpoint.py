@@ -106,7 +106,7 @@ def _template_for_saved_teacher(manager, step: int, state_template):
   # The manager knows an item's handler only once it saved or restored one: read the tree alone.
   folder = os.path.join(os.fspath(manager.directory), str(step), 'state')
   saved = ocp.StandardCheckpointHandler().metadata(epath.Path(folder)).tree
-  if 'teacher_params' not in saved:
+  if not saved.get('teacher_params'):  # a teacher-less state saves the field as None
     return state_template, False
   return state_template.replace(teacher_params=state_template.params,
                                 teacher_batch_stats=state_template.batch_stats), True

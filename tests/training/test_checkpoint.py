@@ -41,3 +41,17 @@ def test_a_checkpoint_with_a_teacher_restores_into_a_state_without_one(tmp_path)
     reader.close()
   jax.tree.map(np.testing.assert_array_equal, again.teacher_params,
                jax.device_get(state.teacher_params))
+
+
+def test_a_state_without_a_teacher_round_trips(tmp_path):
+  config = tiny_config('acdc_supervised')
+  model, tx = build_model(config), schedules.optimizer(config)
+  state = step_lib.init_state(model, tx, config)
+  ckpts = checkpoint.Checkpoints(str(tmp_path))
+  try:
+    ckpts.save('latest', 1, state, {'position': 5}, {'step': 1})
+    restored, data, _ = ckpts.restore('latest', step_lib.abstract_state(model, tx, config))
+  finally:
+    ckpts.close()
+  assert restored.teacher_params is None and data == {'position': 5}
+  jax.tree.map(np.testing.assert_array_equal, restored.params, jax.device_get(state.params))
