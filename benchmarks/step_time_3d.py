@@ -65,7 +65,12 @@ def parse_args(argv):
 
 
 def make_config(args):
-  c = config_lib.base_config()
+  losses = [s for s in args.losses.split(',') if s]
+  if args.unlabeled and 'bench_unlabeled_forward' not in losses:
+    losses.append('bench_unlabeled_forward')
+  # The config blocks of the table's terms; the benchmark's own term has none.
+  c = config_lib.base_config(losses=tuple(n for n in losses if n in methods.TERMS))
+  c.losses = tuple(losses)
   c.num_classes = 2
   c.class_names = ('foreground',)
   c.data.crop_shape = args.crop
@@ -74,10 +79,6 @@ def make_config(args):
   c.model.name = 'dualstream'
   c.model.subnets = tuple(args.subnets.split(','))
   c.model.base_filters = args.base_filters
-  losses = [s for s in args.losses.split(',') if s]
-  if args.unlabeled and 'bench_unlabeled_forward' not in losses:
-    losses.append('bench_unlabeled_forward')
-  c.losses = tuple(losses)
   c.mesh.num_devices = 1
   config_lib.apply_overrides(c, args.set)
   return c

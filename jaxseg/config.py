@@ -153,8 +153,9 @@ def run_terms(config: ml_collections.ConfigDict, extra=()) -> list[str]:
 
 def add_method_blocks(config: ml_collections.ConfigDict, extra=()) -> None:
   """Adds the default config block of every term `config` uses (and of `extra`) that it lacks."""
+  names = run_terms(config, extra)
   with config.unlocked():
-    for term in methods.resolve(run_terms(config, extra)):
+    for term in methods.resolve(names) if names else ():
       for name, block in term.blocks().items():
         if name not in config:
           config[name] = block
@@ -304,6 +305,7 @@ def stage_config(config: ml_collections.ConfigDict, name: str) -> ml_collections
     merged.stage_order = ()
     merged.stages = ml_collections.ConfigDict()
     merged.stage.name = name
+  add_method_blocks(merged)  # a stage's own terms bring their default blocks
   return merged
 
 

@@ -77,7 +77,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, resum
       print(f'{workdir}: the run finished all {finished["steps"]} steps; nothing to do (--steps N '
             'with --resume trains it longer)', flush=True)
       return finished
-  # Bad names and sizes fail before the run directory is touched.
+  # Bad names and sizes fail before the run directory is touched; every term gets its config block.
+  config_lib.add_method_blocks(config)
   for name in config.stage_order or ('',):
     stage = config_lib.stage_config(config, name) if name else config
     methods.resolve(tuple(stage.losses))

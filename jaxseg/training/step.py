@@ -143,6 +143,12 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
   """Returns the pure (not yet jitted) train step summing `terms` (default: the table's terms
   `config.losses` names)."""
   terms = methods.resolve(tuple(config.losses)) if terms is None else terms
+  for term in terms:
+    missing = sorted(set(term.blocks()) - set(config.keys()))
+    if missing:
+      raise ConfigError(f'losses: {term.name!r} reads config block(s) {", ".join(missing)}, which '
+                        'this config lacks (build it with config.base_config(losses=...) or '
+                        'add them with config.add_method_blocks)')
   needs = streams(config, terms)
   teacher = teacher_of(terms)
   dtype = compute_dtype(config)

@@ -256,3 +256,15 @@ def test_one_and_eight_devices_give_the_same_losses():
   one, eight = np.array(losses['1']), np.array(losses['8'])
   assert np.all(np.isfinite(one)) and one[-1, 0] != one[0, 0]
   np.testing.assert_allclose(eight, one, rtol=2e-4, atol=1e-6)
+
+
+def test_a_term_without_its_config_block_is_one_clear_error():
+  config = tiny_config('acdc_supervised')  # holds the supervised block only
+  with config.unlocked():
+    config.losses = ('supervised', 'mean_teacher')
+  model, tx = build_model(config), schedules.optimizer(config)
+  with pytest.raises(ConfigError, match=r"losses: 'mean_teacher' reads config block\(s\) ema, "
+                     r'mean_teacher, which this config lacks'):
+    step_lib.make_train_step(model, tx, config)
+  config_lib.add_method_blocks(config)
+  step_lib.make_train_step(model, tx, config)
