@@ -184,7 +184,7 @@ def compiled_step(config, mesh, image_shape):
   labeled = {'image': rng.random((b, *image_shape), dtype=np.float32),
              'label': rng.integers(0, config.num_classes, (b, *image_shape), dtype=np.int32)}
   unlabeled = None
-  if train_step.needs_unlabeled:
+  if step_lib.streams(config).unlabeled:
     u = rng.random((config.data.unlabeled_batch, *image_shape), dtype=np.float32)
     unlabeled = {'image_weak': u, 'image_strong': u}
   labeled, unlabeled = step_lib.shard_batch(labeled, mesh), step_lib.shard_batch(unlabeled, mesh)

@@ -32,7 +32,7 @@ from common import cpu_model  # noqa: E402
 from jaxseg import config as config_lib  # noqa: E402
 from jaxseg.data import datasets, pipeline  # noqa: E402
 from jaxseg.errors import JaxsegError  # noqa: E402
-from jaxseg.training import objectives  # noqa: E402
+from jaxseg.training import step as step_lib  # noqa: E402
 
 
 def parse_args(argv):
@@ -83,13 +83,11 @@ def make_config(name: str, args, threads):
 
 def measure(name: str, args, threads) -> dict:
   config = make_config(name, args, threads)
-  terms = objectives.resolve(tuple(config.losses))
-  with_unlabeled = any(t.needs_unlabeled for t in terms)
-  with_labeled = any(t.needs_labeled for t in terms)
+  streams = step_lib.streams(config)
   t = time.perf_counter()
   data = datasets.load_data(config)
   load_s = time.perf_counter() - t
-  batches = pipeline.make_train_iterator(data, config, with_unlabeled, with_labeled)
+  batches = pipeline.make_train_iterator(data, config, streams.unlabeled, streams.labeled)
   for _ in range(args.warmup):
     next(batches)
   times = []
@@ -100,8 +98,8 @@ def measure(name: str, args, threads) -> dict:
   shapes = {k: list(v.shape) for part in (labeled, unlabeled) if part for k, v in part.items()}
   total = sum(times)
   return {'experiment': name, 'data': data.layout, 'read_threads': config.data.read_threads,
-          'labeled_batch': config.data.labeled_batch if with_labeled else 0,
-          'unlabeled_batch': config.data.unlabeled_batch if with_unlabeled else 0,
+          'labeled_batch': config.data.labeled_batch if streams.labeled else 0,
+          'unlabeled_batch': config.data.unlabeled_batch if streams.unlabeled else 0,
           'shapes': shapes, 'load_s': load_s, 'batches_per_s': args.batches / total,
           'median_ms': 1e3 * float(np.median(times)), 'max_ms': 1e3 * max(times)}
 

@@ -103,14 +103,15 @@ def bench_step(name: str, args, mesh) -> dict:
   model = build_model(config)
   tx = schedules.optimizer(config)
   train_step = step_lib.make_train_step(model, tx, config)
-  step_lib.check_batch_divisible(config, mesh, train_step.needs_unlabeled)
+  streams = step_lib.streams(config)
+  step_lib.check_batch_divisible(config, mesh, streams.unlabeled)
   jitted = step_lib.jit_train_step(train_step, mesh)
 
   t = time.perf_counter()
   state = step_lib.replicate(step_lib.init_state(model, tx, config), mesh)
   jax.block_until_ready(state)
   init_s = time.perf_counter() - t
-  labeled, unlabeled = synthetic_batches(config, train_step.needs_unlabeled, args.seed)
+  labeled, unlabeled = synthetic_batches(config, streams.unlabeled, args.seed)
   labeled = step_lib.shard_batch(labeled, mesh)
   unlabeled = step_lib.shard_batch(unlabeled, mesh)
 
@@ -142,10 +143,10 @@ def bench_step(name: str, args, mesh) -> dict:
   times_ms = np.asarray(times) * 1e3
   median = float(np.median(times_ms))
   q25, q75 = (float(q) for q in np.percentile(times_ms, [25, 75]))
-  images = args.labeled + (args.unlabeled if train_step.needs_unlabeled else 0)
+  images = args.labeled + (args.unlabeled if streams.unlabeled else 0)
   return {
       'step': name, 'experiment': config.experiment, 'losses': list(config.losses),
-      'labeled': args.labeled, 'unlabeled': args.unlabeled if train_step.needs_unlabeled else 0,
+      'labeled': args.labeled, 'unlabeled': args.unlabeled if streams.unlabeled else 0,
       'images_per_step': images, 'size': args.size,
       'init_s': init_s, 'lower_s': lower_s, 'compile_only_s': compile_s,
       'compile_s': lower_s + compile_s,

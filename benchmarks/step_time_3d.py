@@ -28,17 +28,22 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from common import MIB, machine_info, memory_stats, total_flops  # noqa: E402
-from jaxseg import config as config_lib  # noqa: E402
+from jaxseg import config as config_lib, methods  # noqa: E402
 from jaxseg.models import build_model  # noqa: E402
-from jaxseg.training import objectives, schedules  # noqa: E402
+from jaxseg.methods.term import LossTerm  # noqa: E402
+from jaxseg.training import schedules  # noqa: E402
 from jaxseg.training import step as step_lib  # noqa: E402
 
 
-@objectives.register('bench_unlabeled_forward', needs_unlabeled=True)
 def _unlabeled_forward(out, config):
   # Zero that still depends on the unlabeled outputs, so XLA keeps their forward and backward.
   del config
   return 0.0 * out.student_unlabeled['logits'].mean(), {}
+
+
+# The table of terms with this benchmark's own one added.
+TERMS = {**methods.TERMS, 'bench_unlabeled_forward': LossTerm(
+    'bench_unlabeled_forward', _unlabeled_forward, dict, needs_unlabeled=True)}
 
 
 def parse_args(argv):
@@ -60,7 +65,12 @@ def parse_args(argv):
 
 
 def make_config(args):
-  c = config_lib.base_config()
+  losses = [s for s in args.losses.split(',') if s]
+  if args.unlabeled and 'bench_unlabeled_forward' not in losses:
+    losses.append('bench_unlabeled_forward')
+  # The config blocks of the table's terms; the benchmark's own term has none.
+  c = config_lib.base_config(losses=tuple(n for n in losses if n in methods.TERMS))
+  c.losses = tuple(losses)
   c.num_classes = 2
   c.class_names = ('foreground',)
   c.data.crop_shape = args.crop
@@ -69,10 +79,6 @@ def make_config(args):
   c.model.name = 'dualstream'
   c.model.subnets = tuple(args.subnets.split(','))
   c.model.base_filters = args.base_filters
-  losses = [s for s in args.losses.split(',') if s]
-  if args.unlabeled and 'bench_unlabeled_forward' not in losses:
-    losses.append('bench_unlabeled_forward')
-  c.losses = tuple(losses)
   c.mesh.num_devices = 1
   config_lib.apply_overrides(c, args.set)
   return c
@@ -84,18 +90,20 @@ def main(argv=None) -> int:
   mesh = step_lib.make_mesh(1)
   model = build_model(config)
   tx = schedules.optimizer(config)
-  train_step = step_lib.make_train_step(model, tx, config)
+  terms = methods.resolve(tuple(config.losses), TERMS)
+  train_step = step_lib.make_train_step(model, tx, config, terms)
   jitted = step_lib.jit_train_step(train_step, mesh)
 
   t = time.perf_counter()
-  state = jax.block_until_ready(step_lib.replicate(step_lib.init_state(model, tx, config), mesh))
+  state = jax.block_until_ready(
+      step_lib.replicate(step_lib.init_state(model, tx, config, terms), mesh))
   init_s = time.perf_counter() - t
   params = sum(x.size for x in jax.tree.leaves(state.params))
   rng = np.random.default_rng(0)
   labeled = {'image': rng.random((args.labeled, *args.crop), dtype=np.float32),
              'label': rng.integers(0, 2, (args.labeled, *args.crop), dtype=np.int32)}
   unlabeled = None
-  if train_step.needs_unlabeled:
+  if step_lib.streams(config, terms).unlabeled:
     u = rng.random((config.data.unlabeled_batch, *args.crop), dtype=np.float32)
     unlabeled = {'image_weak': u, 'image_strong': u}
   labeled, unlabeled = step_lib.shard_batch(labeled, mesh), step_lib.shard_batch(unlabeled, mesh)

@@ -82,14 +82,15 @@ def main(argv=None) -> int:
     load_s = time.perf_counter() - t
     model, tx = build_model(config), schedules.optimizer(config)
     train_step = step_lib.make_train_step(model, tx, config)
+    streams = step_lib.streams(config)
     mesh = step_lib.make_mesh(1)
     jitted = step_lib.jit_train_step(train_step, mesh)
     state = step_lib.replicate(step_lib.init_state(model, tx, config), mesh)
   except JaxsegError as e:
     print(f'error: {e}', file=sys.stderr)
     return 2
-  make_iterator = lambda: pipeline.make_train_iterator(data, config, train_step.needs_unlabeled,
-                                                       train_step.needs_labeled)
+  make_iterator = lambda: pipeline.make_train_iterator(data, config, streams.unlabeled,
+                                                       streams.labeled)
 
   # The pipeline alone (a fresh iterator: its prefetch starts empty, as training's does).
   batches = make_iterator()
@@ -128,7 +129,7 @@ def main(argv=None) -> int:
   result = {
       'machine': machine_info(1), 'experiment': config.experiment, 'data': data.layout,
       'shape': list(shape), 'labeled_batch': d.labeled_batch,
-      'unlabeled_batch': d.unlabeled_batch if train_step.needs_unlabeled else 0,
+      'unlabeled_batch': d.unlabeled_batch if streams.unlabeled else 0,
       'dtype': config.model.get('dtype', 'float32'), 'read_threads': d.read_threads,
       'load_s': load_s, 'first_step_s': first_s, 'steps': args.steps, 'wall_s': wall,
       'steps_per_s': steps_per_s, 'data_wait_fraction': wait / wall,

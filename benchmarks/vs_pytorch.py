@@ -163,7 +163,7 @@ def jax_step(config, seed: int = 0):
   labeled = {'image': rng.random((b, *crop), dtype=np.float32),
              'label': rng.integers(0, config.num_classes, (b, *crop), dtype=np.int32)}
   unlabeled = None
-  if train_step.needs_unlabeled:
+  if step_lib.streams(config).unlabeled:
     x = rng.random((u, *crop), dtype=np.float32)
     unlabeled = {'image_weak': x, 'image_strong': x}
   labeled, unlabeled = step_lib.shard_batch(labeled, mesh), step_lib.shard_batch(unlabeled, mesh)

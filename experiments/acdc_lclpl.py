@@ -34,8 +34,8 @@ PROFILES = ('paper', 'quick', 'cpu')
 
 
 def get_config(profile: str = 'paper'):
-  config = config_lib.base_config()
-  config.losses = ('supervised',)
+  config = config_lib.base_config(losses=('supervised',),
+                                  stage_losses=('lclpl', 'global_contrast'))
   config.supervised.kind = 'dice'
   config.model.projection_dim = 128  # for the optional global-contrast initialization
   config.model.pixel_projection_dim = 64

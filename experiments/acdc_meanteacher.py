@@ -22,8 +22,7 @@ PROFILES = ('paper', 'quick', 'cpu')
 
 
 def get_config(profile: str = 'paper'):
-  config = config_lib.base_config()
-  config.losses = ('supervised', 'mean_teacher')
+  config = config_lib.base_config(losses=('supervised', 'mean_teacher'))
   if profile == 'quick':
     config_lib.quick_profile(config)
   if profile == 'cpu':

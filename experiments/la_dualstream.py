@@ -32,11 +32,16 @@ STEPS = 6000
 
 
 def get_config(profile: str = 'paper'):
-  config = config_lib.base_config()
+  return la_protocol(profile, losses=('dualstream',))  # supervises both subnets itself
+
+
+def la_protocol(profile: str, losses):
+  """The LA data, optimizer and evaluation of the paper (shared with la_meanteacher) for the
+  loss terms `losses`."""
+  config = config_lib.base_config(losses=losses)
   config.num_classes = 2
   config.class_names = ('left atrium',)
   config.steps = STEPS
-  config.losses = ('dualstream',)  # supervises both subnets itself (no 'supervised')
   config.model.update(name='dualstream', subnets=('vnet', 'resnet3d'), base_filters=16)
   config.optimizer.update(name='sgd', lr=0.01, momentum=0.9, weight_decay=1e-4, schedule='step',
                           decay_every=2500, decay_factor=0.1)

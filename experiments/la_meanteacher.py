@@ -23,8 +23,8 @@ RAMP_EPOCHS, ITERS_PER_EPOCH, PAPER_STEPS = 40, 150, 6000
 
 
 def get_config(profile: str = 'paper'):
-  config = config_lib.load_experiment('la_dualstream', profile)
-  config.losses = ('supervised', 'mean_teacher')
+  la = config_lib.experiment_module('la_dualstream')
+  config = la.la_protocol(profile, losses=('supervised', 'mean_teacher'))
   config.supervised.kind = 'ce_dice'
   config.model.name = 'vnet'
   config.data.rot_flip = True  # UA-MT's RandomRotFlip

@@ -11,8 +11,7 @@ from jaxseg import config as config_lib
 
 def get_config(profile: str = 'paper'):
   del profile  # always tiny
-  config = config_lib.base_config()
-  config.losses = ('supervised', 'mean_teacher')
+  config = config_lib.base_config(losses=('supervised', 'mean_teacher'))
   config_lib.cpu_profile(config, steps=6)
   config.data.synthetic.update(num_train=6, num_val=2, num_test=2, num_slices=3, size=32)
   config.data.labeled_num = 2

@@ -2,6 +2,12 @@
 
 `profile` is 'paper' when the user gives real data (`--data-dir`), 'cpu' for the built-in
 synthetic phantom with a budget that finishes in minutes on a laptop-class CPU.
+
+A config holds the shared keys (data, model, optimizer, evaluation...) and the blocks of the loss
+terms its run uses, each term's own (jaxseg/methods: `mean_teacher` and `ema` for the mean
+teacher, `plgcl`, ...): `base_config(losses=..., stage_losses=...)` adds them, and a run's
+config.json holds no other method's block. An experiment file returns one config from
+`get_config(profile)`, or several related ones by name (`EXPERIMENTS`, `get_config(profile, name)`).
 """
 
 from __future__ import annotations
@@ -14,14 +20,17 @@ import pathlib
 
 import ml_collections
 
+from jaxseg import methods
 from jaxseg.data import datasets
 from jaxseg.errors import ConfigError, DataError
 
 EXPERIMENTS_DIR = pathlib.Path(__file__).resolve().parent.parent / 'experiments'
 
 
-def base_config() -> ml_collections.ConfigDict:
-  """Defaults shared by every experiment: the SSL4MIS ACDC protocol."""
+def base_config(losses=('supervised',), *, stage_losses=()) -> ml_collections.ConfigDict:
+  """Defaults shared by every experiment (the SSL4MIS ACDC protocol) with `losses` as the run's
+  loss terms and the config blocks of those terms and of `stage_losses` (the terms only the
+  stages of a staged run use)."""
   c = ml_collections.ConfigDict()
   c.experiment = ''
   c.seed = 0
@@ -99,81 +108,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.optimizer.decay_every = 2500  # 'step': lr x decay_factor every decay_every steps (UA-MT, MCF)
   c.optimizer.decay_factor = 0.1
 
-  # Loss terms summed by the train step, by registry name (jaxseg/training/objectives.py).
-  c.losses = ('supervised',)
-  c.supervised = ml_collections.ConfigDict(dict(kind='ce_dice'))
-  c.mean_teacher = ml_collections.ConfigDict(dict(
-      consistency='mse',  # 'mse' of softmax (SSL4MIS), 'ce' soft or 'ce_hard' (PLGCL eq. 6)
-      weight=0.1,
-      rampup_length=30_000,  # steps; SSL4MIS: 200 'epochs' of 150 iterations
-      rampup_interval=150,  # SSL4MIS advances the ramp every 150 iterations
-      start_step=1_000,  # SSL4MIS: no consistency at all before iteration 1,000
-      teacher_noise=0.1,  # SSL4MIS: teacher input + clip(N(0, 0.1), -0.2, 0.2)
-      teacher_noise_clip=0.2,
-  ))
-  c.ema = ml_collections.ConfigDict(dict(rule='ssl4mis', decay=0.99))  # or rule='fixed'
-  # PLGCL (jaxseg/methods/plgcl.py, jaxseg/losses/plgcl.py); paper values, see BUILD_NOTES.md.
-  c.plgcl = ml_collections.ConfigDict(dict(
-      weight=0.2,  # gamma in eq. 8
-      warmup_steps=0,  # steps with PLGCL off (paper: 50 epochs)
-      patch=32, num_pos=20, tau=0.2, lam=4.0,
-      zeta='count',  # 'count' (eq. 5 derivation: number of negative keys) or a number
-      sampler='entropy',  # 'entropy' (paper), 'confidence' or 'cosine' (Table 3)
-      entropy_scope='class',  # nearest in Ent^k among class-k patches, or 'all' (literal)
-      # Keys: 'per_class' (§3.1: a patch of I * C^k for each class k a cell holds, Avg^k >
-      # min_conf), or one per cell of its 'dominant' class (argmax of Avg) or 'foreground' class.
-      assign='per_class', min_conf=0.1,
-      patches_per_class=64,  # 'per_class': keys drawn per class and step (4 x 64 at ACDC)
-      detach_keys=False,  # False: keys carry gradient (Algorithm 1); True: as a detached queue
-      num_anchors=0,  # 0: every key is an anchor; else a random subset of this size
-      foreground_anchors=False,  # only keys of a foreground class as anchors
-      embedding='patches',  # 'patches' through the encoder (paper) or pooled 'regions'
-      pseudo_label='student',  # confidence maps of unlabeled images: 'student' (paper) or 'teacher'
-  ))
-  # Dual-stream 3D (jaxseg/methods/dualstream.py, jaxseg/losses/dualstream.py); paper values
-  # where it gives them, the rest are choices recorded in BUILD_NOTES.md.
-  c.dualstream = ml_collections.ConfigDict(dict(
-      unlabeled_weight=1.0,  # lambda_u (eq. 3)
-      contrast_weight=0.1,  # lambda_c at t_max (eq. 3)
-      contrast_schedule='rampup',  # 0.1 e^{-5(1-t)^2}; 'paper' 0.1 e^{4(1-t)^2}; 'constant'
-      rampup_length=0,  # steps over which lambda_c's schedule runs (t_max); 0: config.steps
-      rampup_interval=1,  # the authors' code advances its ramp every 150 iterations
-      dice_background=False,  # Dice over the foreground classes (UA-MT, MCF) or all classes
-      pseudo_label='lower_loss',  # argmax of the subnet with the lower L_s (Fig. 1); 'union' (code)
-      unlabeled_targets='both',  # subnets trained on the pseudo-label: 'both' or only the 'other'
-      reliability='percentile',  # entropy filter: batch 'percentile' or normalized 'threshold'
-      entropy_percentile=80.0,  # reliable: entropy below this batch percentile (code: 20)
-      entropy_threshold=0.5,  # reliable: entropy / log K below this
-      reg_weight=1.0,  # L_reg's weight inside L_u; 0 is the paper's ablation without it
-      reg_threshold_start=0.6, reg_threshold_end=0.9,  # T of eq. 4, linear from step 0 to steps
-      reg_normalize='voxels',  # eq. 5's sum divided by all voxels, or by the disagreeing ('mask')
-      distance='sq_euclidean',  # d of eq. 7 (prototypical networks), or 'euclidean'
-      temperature=1.0,  # eq. 7's softmax over -d / temperature
-      separation_weight=1.0,  # the prototypes' push-apart term in L_c
-      proto_from_labeled=False,  # ground-truth voxels of labeled volumes join the reliable set
-      detach_unlabeled=False,  # True: the public code (unlabeled volumes give no gradient)
-  ))
-
-  # Hu et al. 2021 (jaxseg/methods/hu.py): SimCLR global contrast (eq. 1) and supervised local
-  # pixel contrast (eq. 2) made tractable by stride or block division, or exact (tiled).
-  c.global_contrast = ml_collections.ConfigDict(dict(weight=1.0, tau=0.5))
-  c.local_contrast = ml_collections.ConfigDict(dict(
-      name='local_contrast', weight=1.0, tau=0.1,
-      form='supcon',  # 'supcon' (Hu et al.'s code) or 'hu' (eq. 2, one term per positive)
-      mode='stride',  # 'stride', 'block', 'sampled', 'tiled' (exact) or 'dense' (tiny only)
-      stride=4, block=16, num_per_class=64, tile=1024,
-      # Blocks contrasted at a time (0: all at once). Hu's code contrasts each block position
-      # over the whole batch: 256 blocks of 8 x 256 pixels at 256x256 are 4 GiB of logits at once.
-      blocks_per_step=16,
-      features='head',  # pixel head h2 on the decoder map, or the normalized 'decoder' map itself
-  ))
-  # LCLPL (jaxseg/methods/lclpl.py): local contrast on ground truth and pseudo-labels.
-  c.lclpl = ml_collections.ConfigDict(dict(
-      weight=0.1, tau=0.1,
-      form='authors',  # 'authors' (3 anchors per class, class-mean positive) or 'pixel' (tiled)
-      num_anchors=3, tile=1024,
-      require_all_classes=True,  # the code's protocol: only slices containing every class
-  ))
+  # Loss terms summed by the train step, by name in the table of jaxseg/methods/__init__.py; each
+  # term's config blocks are added below (add_method_blocks).
+  c.losses = tuple(losses)
   # Multi-stage runs (jaxseg/training/stages.py): stage names in order, each a partial config in
   # `stages` merged over this one. Empty: one stage, this config.
   c.stage_order = ()
@@ -192,22 +129,70 @@ def base_config() -> ml_collections.ConfigDict:
   c.log_every = 10
   c.report = True  # write report/ (figures + report.md, jaxseg/report.py) when training ends
   c.mesh = ml_collections.ConfigDict(dict(num_devices=0))  # 0: all local devices
+  add_method_blocks(c, stage_losses)
   return c
 
 
-def find_experiment(name: str) -> pathlib.Path:
+def run_terms(config: ml_collections.ConfigDict, extra=()) -> list[str]:
+  """The loss terms a run uses, in order of first use: its own, then its stages' (all defined
+  stages, since `--set stage_order=...` may choose any of them), then `extra`."""
+  names = list(config.get('losses', ()))
+  for stage in config.get('stages', {}).values():
+    names += list(stage.get('losses', ()))
+  names += list(extra)
+  return list(dict.fromkeys(names))
+
+
+def add_method_blocks(config: ml_collections.ConfigDict, extra=()) -> None:
+  """Adds the default config block of every term `config` uses (and of `extra`) that it lacks."""
+  names = run_terms(config, extra)
+  with config.unlocked():
+    for term in methods.resolve(names) if names else ():
+      for name, block in term.blocks().items():
+        if name not in config:
+          config[name] = block
+
+
+def _owner_of_block(name: str) -> str | None:
+  """The term of the table whose config block is `name`, if any."""
+  for term in methods.TERMS.values():
+    if name in term.blocks():
+      return term.name
+  return None
+
+
+def _names_in(path: pathlib.Path) -> tuple[str, ...]:
+  """The experiment names a file defines: its literal `EXPERIMENTS` tuple, else its stem. Read
+  without importing the file (listing experiments stays cheap)."""
+  for node in ast.parse(path.read_text()).body:
+    if (isinstance(node, ast.Assign) and len(node.targets) == 1
+        and getattr(node.targets[0], 'id', None) == 'EXPERIMENTS'):
+      try:
+        return tuple(ast.literal_eval(node.value))
+      except ValueError:
+        raise ConfigError(f'{path}: EXPERIMENTS must be a literal tuple of names') from None
+  return (path.stem,)
+
+
+def experiment_index() -> dict[str, pathlib.Path]:
+  """{experiment name: its file} over experiments/ (files starting with '_' are helpers)."""
+  return {name: path for path in sorted(EXPERIMENTS_DIR.glob('*.py'))
+          if not path.stem.startswith('_') for name in _names_in(path)}
+
+
+def find_experiment(name: str) -> tuple[pathlib.Path, str]:
+  """(file, experiment name) of a known experiment name or of a path to an experiment file."""
   path = pathlib.Path(name)
   if path.suffix == '.py' and path.exists():
-    return path
-  path = EXPERIMENTS_DIR / f'{name}.py'
-  if not path.exists():
-    known = ', '.join(list_experiments())
-    raise ConfigError(f'unknown experiment {name!r}; known: {known}')
-  return path
+    return path, path.stem
+  index = experiment_index()
+  if name not in index:
+    raise ConfigError(f'unknown experiment {name!r}; known: {", ".join(sorted(index))}')
+  return index[name], name
 
 
 def list_experiments() -> list[str]:
-  return sorted(p.stem for p in EXPERIMENTS_DIR.glob('*.py') if not p.stem.startswith('_'))
+  return sorted(experiment_index())
 
 
 def experiment_module(name: str):
@@ -223,21 +208,32 @@ def experiment_module(name: str):
 DEFAULT_PROFILES = ('paper', 'cpu')
 
 
-def load_experiment(name: str, profile: str) -> ml_collections.ConfigDict:
-  """Imports `experiments/<name>.py` and returns its `get_config(profile)`."""
-  path = find_experiment(name)
-  module = experiment_module(str(path))
+def experiment_profiles(module, name: str) -> tuple[str, ...]:
+  """The profiles of experiment `name` of `module`: its `PROFILES` (a tuple, or a dict by name
+  in a file of several experiments), else DEFAULT_PROFILES."""
   profiles = getattr(module, 'PROFILES', DEFAULT_PROFILES)
+  return tuple(profiles.get(name, DEFAULT_PROFILES) if isinstance(profiles, dict) else profiles)
+
+
+def load_experiment(name: str, profile: str) -> ml_collections.ConfigDict:
+  """Imports the experiment's file and returns its `get_config(profile)` (with the name as a
+  second argument in a file of several experiments)."""
+  path, name = find_experiment(name)
+  module = experiment_module(str(path))
+  profiles = experiment_profiles(module, name)
   if profile not in profiles:
-    raise ConfigError(f'experiment {path.stem} has no {profile!r} profile '
+    raise ConfigError(f'experiment {name} has no {profile!r} profile '
                       f'(it has: {", ".join(profiles)})')
-  config = module.get_config(profile)
-  config.experiment = path.stem
+  several = hasattr(module, 'EXPERIMENTS')
+  config = module.get_config(profile, name) if several else module.get_config(profile)
+  config.experiment = name
+  add_method_blocks(config)  # the blocks of stage terms the experiment did not name up front
   return config
 
 
 def apply_overrides(config: ml_collections.ConfigDict, overrides: list[str]) -> None:
-  """Applies `key.sub=value` strings; the value is parsed as a Python literal when it is one."""
+  """Applies `key.sub=value` strings; the value is parsed as a Python literal when it is one.
+  Naming a new term in `losses` (or a stage's) adds that term's default config block."""
   for item in overrides:
     key, sep, raw = item.partition('=')
     if not sep:
@@ -250,6 +246,10 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: list[str]) -> 
     *parents, leaf = key.split('.')
     for part in parents:
       if part not in node or not isinstance(node[part], ml_collections.ConfigDict):
+        owner = _owner_of_block(part) if node is config else None
+        if owner:
+          raise ConfigError(f'--set {key}: {part!r} is not a method of this run (its loss terms: '
+                            f'{", ".join(run_terms(config))}; {part} belongs to {owner!r})')
         raise ConfigError(f'--set {key}: unknown config key {part!r}')
       node = node[part]
     if leaf not in node:
@@ -263,6 +263,8 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: list[str]) -> 
       raise ConfigError(f'--set {key}={raw}: expected {type(old).__name__}, got {type(value).__name__}')
     with config.unlocked():
       node[leaf] = value
+    if leaf == 'losses':
+      add_method_blocks(config)
 
 
 # Keys a stage may not change: every stage trains the same network on the same data, and the
@@ -295,6 +297,7 @@ def stage_config(config: ml_collections.ConfigDict, name: str) -> ml_collections
     merged.stage_order = ()
     merged.stages = ml_collections.ConfigDict()
     merged.stage.name = name
+  add_method_blocks(merged)  # a stage's own terms bring their default blocks
   return merged
 
 
@@ -389,8 +392,12 @@ CORE_KEYS = ('data', 'model', 'losses', 'num_classes', 'steps', 'optimizer', 'ev
 
 
 def with_defaults(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """`config` over `base_config()`: keys it lacks (newer than the run) get their defaults."""
-  merged = base_config()
+  """`config` over `base_config()` with the blocks of its terms (and of any other method whose
+  block it holds): keys it lacks (newer than the run) get their defaults. Runs made before configs
+  held only their own terms' blocks keep every block."""
+  owners = [_owner_of_block(key) for key in config.keys()]
+  merged = base_config(losses=config.get('losses', ('supervised',)),
+                       stage_losses=run_terms(config, [owner for owner in owners if owner]))
   if 'data' in config:
     with config.unlocked():
       datasets.upgrade_old_keys(config.data)
@@ -447,29 +454,17 @@ QUICK_STEPS = 1500
 QUICK_IMAGE_SIZE = 128
 QUICK_BATCH = 6  # labeled and unlabeled images per step, each
 QUICK_EVAL_EVERY = 100
-# An EMA teacher averages over ~1/(1-alpha) steps; scaled down with the budget it would become
-# the student itself, so its horizon is kept at least this long.
-MIN_EMA_HORIZON = 20
-
-
 def scale_schedules(config: ml_collections.ConfigDict, scale: float, *,
                     ema: bool = True) -> None:
   """The one rule that shrinks a protocol to a smaller step budget: every schedule counted in
-  steps (consistency ramp and start, PLGCL's warm-up, step-decay interval, dual-stream ramp, and
-  with `ema` the EMA teacher's horizon 1/(1-alpha), at least MIN_EMA_HORIZON) is multiplied by
-  `scale`, so a method passes through the same phases at the same fractions of its training.
-  Stage lengths are scaled by `set_total_steps`."""
-  mt = config.mean_teacher
-  mt.rampup_length = int(mt.rampup_length * scale)
-  mt.rampup_interval = max(1, int(mt.rampup_interval * scale))
-  mt.start_step = int(mt.start_step * scale)
-  config.plgcl.warmup_steps = int(config.plgcl.warmup_steps * scale)
+  steps is multiplied by `scale`, so a method passes through the same phases at the same
+  fractions of its training. The optimizer's step-decay interval is scaled here; each term of
+  the run scales its own (`LossTerm.scale_schedules`: the consistency ramp and start, PLGCL's
+  warm-up, the dual-stream ramp, and with `ema` the EMA teacher's horizon 1/(1-alpha), at least
+  mean_teacher.MIN_EMA_HORIZON). Stage lengths are scaled by `set_total_steps`."""
   config.optimizer.decay_every = max(1, round(config.optimizer.decay_every * scale))
-  config.dualstream.rampup_length = int(config.dualstream.rampup_length * scale)
-  config.dualstream.rampup_interval = max(1, int(config.dualstream.rampup_interval * scale))
-  if ema:
-    horizon = max(MIN_EMA_HORIZON, scale / (1.0 - config.ema.decay))
-    config.ema.decay = 1.0 - 1.0 / horizon
+  for term in methods.resolve(run_terms(config)):
+    term.scale_schedules(config, scale, ema)
 
 
 def quick_profile(config: ml_collections.ConfigDict, steps: int = QUICK_STEPS,

@@ -147,7 +147,8 @@ def train_setup(config, num_devices: int = 1):
   mesh = step_lib.make_mesh(num_devices)
   jitted = step_lib.jit_train_step(train_step, mesh)
   state = step_lib.replicate(step_lib.init_state(model, tx, config), mesh)
-  batches = pipeline.make_train_iterator(data, config, train_step.needs_unlabeled)
+  streams = step_lib.streams(config)
+  batches = pipeline.make_train_iterator(data, config, streams.unlabeled, streams.labeled)
   return model, jitted, state, batches, mesh
 
 
@@ -216,7 +217,8 @@ def tiny_config(experiment: str = 'smoke', **data):
             stage.data[key] = smoke.data[key]
       if 'eval' in stage and stage.eval.get('every'):
         stage.eval.every = smoke.eval.every
-    config.mean_teacher.update(start_step=0, rampup_length=4, rampup_interval=1)
+    if 'mean_teacher' in config:  # consistency on from the first step
+      config.mean_teacher.update(start_step=0, rampup_length=4, rampup_interval=1)
   return config
 
 
@@ -235,7 +237,8 @@ def _tiny_3d(config, smoke, **data):
     config.steps = smoke.steps
     config.log_every = 1
     config.report = False
-    config.mean_teacher.update(start_step=0, rampup_length=4, rampup_interval=1)
+    if 'mean_teacher' in config:
+      config.mean_teacher.update(start_step=0, rampup_length=4, rampup_interval=1)
   return config
 
 

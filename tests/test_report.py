@@ -81,8 +81,7 @@ def test_tensorboard_has_every_logged_scalar(run_dir):
 
 
 def test_boundaries_of_warmups_and_stages():
-  config = config_lib.base_config()
-  config.losses = ('supervised', 'mean_teacher', 'plgcl')
+  config = config_lib.base_config(losses=('supervised', 'mean_teacher', 'plgcl'))
   config.mean_teacher.start_step = 100
   config.plgcl.warmup_steps = 50
   assert report.boundaries(config, []) == [(50, 'PLGCL on'), (100, 'consistency on')]

@@ -26,14 +26,48 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 
 from jaxseg.errors import ConfigError
 from jaxseg.losses import dualstream as ds
-from jaxseg.training.terms import register
+from jaxseg.methods.term import LossTerm
 
 PSEUDO_LABELS = ('lower_loss', 'union')
 UNLABELED_TARGETS = ('both', 'other')
 OUTPUT_KEYS = ('logits_a', 'logits_b', 'features_a', 'features_b')
+
+
+def blocks() -> dict[str, ml_collections.ConfigDict]:
+  """Paper values where it gives them, the rest are choices recorded in BUILD_NOTES.md."""
+  return {'dualstream': ml_collections.ConfigDict(dict(
+      unlabeled_weight=1.0,  # lambda_u (eq. 3)
+      contrast_weight=0.1,  # lambda_c at t_max (eq. 3)
+      contrast_schedule='rampup',  # 0.1 e^{-5(1-t)^2}; 'paper' 0.1 e^{4(1-t)^2}; 'constant'
+      rampup_length=0,  # steps over which lambda_c's schedule runs (t_max); 0: config.steps
+      rampup_interval=1,  # the authors' code advances its ramp every 150 iterations
+      dice_background=False,  # Dice over the foreground classes (UA-MT, MCF) or all classes
+      pseudo_label='lower_loss',  # argmax of the subnet with the lower L_s (Fig. 1); 'union' (code)
+      unlabeled_targets='both',  # subnets trained on the pseudo-label: 'both' or only the 'other'
+      reliability='percentile',  # entropy filter: batch 'percentile' or normalized 'threshold'
+      entropy_percentile=80.0,  # reliable: entropy below this batch percentile (code: 20)
+      entropy_threshold=0.5,  # reliable: entropy / log K below this
+      reg_weight=1.0,  # L_reg's weight inside L_u; 0 is the paper's ablation without it
+      reg_threshold_start=0.6, reg_threshold_end=0.9,  # T of eq. 4, linear from step 0 to steps
+      reg_normalize='voxels',  # eq. 5's sum divided by all voxels, or by the disagreeing ('mask')
+      distance='sq_euclidean',  # d of eq. 7 (prototypical networks), or 'euclidean'
+      temperature=1.0,  # eq. 7's softmax over -d / temperature
+      separation_weight=1.0,  # the prototypes' push-apart term in L_c
+      proto_from_labeled=False,  # ground-truth voxels of labeled volumes join the reliable set
+      detach_unlabeled=False,  # True: the public code (unlabeled volumes give no gradient)
+  ))}
+
+
+def scale_schedules(config, factor: float, ema: bool) -> None:
+  """lambda_c's ramp times `factor` (a ramp of 0 steps follows `config.steps` by itself)."""
+  del ema
+  d = config.dualstream
+  d.rampup_length = int(d.rampup_length * factor)
+  d.rampup_interval = max(1, int(d.rampup_interval * factor))
 
 
 def check_config(config) -> None:
@@ -61,14 +95,13 @@ def _check_outputs(outputs) -> None:
                       f'lack {", ".join(missing)}')
 
 
-@register('dualstream', needs_unlabeled=True)
 def dualstream(out, config):
   d = config.dualstream
   check_config(config)
   _check_outputs(out.student_labeled)
   num_classes = out.student_labeled['logits_a'].shape[-1]
   t_max = config.steps
-  labels = out.labeled['label']
+  labels = out.labeled.label
 
   # ---- eq. 1: each subnet on the labeled volumes.
   sup = {}
@@ -139,3 +172,6 @@ def dualstream(out, config):
       'pseudo_from_b': use_b.astype(jnp.float32),
   }
   return total, metrics
+
+
+TERM = LossTerm('dualstream', dualstream, blocks, scale_schedules, needs_unlabeled=True)

@@ -15,11 +15,12 @@ this module adds the two contrastive loss terms they train with:
 from __future__ import annotations
 
 import jax.numpy as jnp
+import ml_collections
 
 from jaxseg.errors import ConfigError
 from jaxseg.losses import global_contrast as global_loss
 from jaxseg.losses import pixel_contrast
-from jaxseg.training.terms import register
+from jaxseg.methods.term import LossTerm
 
 # How the N x N pixel similarity is made affordable (Hu §2.3), all over both views together:
 #   stride   every s-th pixel in both axes, then the exact loss over those pixels;
@@ -31,7 +32,23 @@ LOCAL_MODES = ('stride', 'block', 'sampled', 'tiled', 'dense')
 FEATURES = ('head', 'decoder')
 
 
-@register('global_contrast', needs_unlabeled=True, needs_labeled=False)
+def global_blocks() -> dict[str, ml_collections.ConfigDict]:
+  return {'global_contrast': ml_collections.ConfigDict(dict(weight=1.0, tau=0.5))}
+
+
+def local_blocks() -> dict[str, ml_collections.ConfigDict]:
+  return {'local_contrast': ml_collections.ConfigDict(dict(
+      name='local_contrast', weight=1.0, tau=0.1,
+      form='supcon',  # 'supcon' (Hu et al.'s code) or 'hu' (eq. 2, one term per positive)
+      mode='stride',  # 'stride', 'block', 'sampled', 'tiled' (exact) or 'dense' (tiny only)
+      stride=4, block=16, num_per_class=64, tile=1024,
+      # Blocks contrasted at a time (0: all at once). Hu's code contrasts each block position
+      # over the whole batch: 256 blocks of 8 x 256 pixels at 256x256 are 4 GiB of logits at once.
+      blocks_per_step=16,
+      features='head',  # pixel head h2 on the decoder map, or the normalized 'decoder' map itself
+  ))}
+
+
 def global_contrast(out, config):
   g = config.global_contrast
   if not config.model.projection_dim:
@@ -41,7 +58,7 @@ def global_contrast(out, config):
                       "data.unlabeled_views='independent'")
   # The strong view went through the main forward; the other view needs the encoder and head only.
   z_strong = out.student_unlabeled['embedding']
-  z_weak = out.apply(out.unlabeled['image_weak'][..., None], method='embed_patches')
+  z_weak = out.apply(out.unlabeled.image_weak[..., None], method='embed_patches')
   loss = global_loss.nt_xent(z_weak, z_strong, tau=g.tau)
   return g.weight * loss, {'global_contrast': loss}
 
@@ -82,17 +99,21 @@ def supervised_pixel_contrast(emb_BHWD, labels_BHW, rng, c, num_classes: int):
                                             block_size=c.tile)
 
 
-@register('local_contrast')
 def local_contrast(out, config):
   c = config.local_contrast
   if c.features == 'head' and not config.model.pixel_projection_dim:
     raise ConfigError('local_contrast needs a pixel head: set model.pixel_projection_dim '
                       "(or local_contrast.features='decoder')")
-  if 'image_twin' not in out.labeled:
+  if out.labeled.image_twin is None:
     raise ConfigError("local_contrast contrasts an image with its twin: set "
                       "data.labeled_views='twin'")
-  twin = out.apply(out.labeled['image_twin'][..., None])
+  twin = out.apply(out.labeled.image_twin[..., None])
   emb = view_embeddings(out.student_labeled, twin, c.features)
-  labels = jnp.concatenate([out.labeled['label']] * 2, axis=0)
+  labels = jnp.concatenate([out.labeled.label] * 2, axis=0)
   loss = supervised_pixel_contrast(emb, labels, out.rng, c, config.num_classes)
   return c.weight * loss, {'local_contrast': loss}
+
+
+GLOBAL_CONTRAST = LossTerm('global_contrast', global_contrast, global_blocks, needs_unlabeled=True,
+                           needs_labeled=False)
+LOCAL_CONTRAST = LossTerm('local_contrast', local_contrast, local_blocks)

@@ -20,34 +20,42 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 
 from jaxseg.errors import ConfigError
 from jaxseg.losses import pixel_contrast
-from jaxseg.methods.hu import view_embeddings
-from jaxseg.training.terms import register
+from jaxseg.methods.term import LossTerm
 
 FORMS = ('authors', 'pixel')
 
 
-@register('lclpl', needs_unlabeled=True)
+def blocks() -> dict[str, ml_collections.ConfigDict]:
+  return {'lclpl': ml_collections.ConfigDict(dict(
+      weight=0.1, tau=0.1,
+      form='authors',  # 'authors' (3 anchors per class, class-mean positive) or 'pixel' (tiled)
+      num_anchors=3, tile=1024,
+      require_all_classes=True,  # the code's protocol: only slices containing every class
+  ))}
+
+
 def lclpl(out, config):
   c = config.lclpl
   if c.form not in FORMS:
     raise ConfigError(f'lclpl.form: unknown {c.form!r}; known: {", ".join(FORMS)}')
   if not config.model.pixel_projection_dim:
     raise ConfigError('lclpl needs a pixel head: set model.pixel_projection_dim')
-  if 'image_twin' not in out.labeled:
+  if out.labeled.image_twin is None:
     raise ConfigError("lclpl contrasts each image with its twin: set data.labeled_views='twin'")
-  if 'label' not in out.unlabeled:
+  if out.unlabeled.label is None:
     raise ConfigError('lclpl needs pseudo-labels for the unlabeled images: run it as a stage '
                       'with pseudo_labels (see experiments/acdc_lclpl.py)')
   # The main forward saw the labeled images and the unlabeled strong (intensity) views; one more
   # forward gives the twins: the labeled twins and the unlabeled weak views.
-  twins = out.apply(jnp.concatenate([out.labeled['image_twin'],
-                                     out.unlabeled['image_weak']], axis=0)[..., None])
+  twins = out.apply(jnp.concatenate([out.labeled.image_twin, out.unlabeled.image_weak],
+                                    axis=0)[..., None])
   main = jax.tree.map(lambda a, b: jnp.concatenate([a, b], axis=0),
                       out.student_labeled, out.student_unlabeled)
-  labels = jnp.concatenate([out.labeled['label'], out.unlabeled['label']], axis=0)
+  labels = jnp.concatenate([out.labeled.label, out.unlabeled.label], axis=0)
   if c.form == 'authors':
     emb = main['pixel_embedding']
     twin_emb = twins['pixel_embedding']
@@ -55,10 +63,14 @@ def lclpl(out, config):
         out.rng, emb, labels, num_classes=config.num_classes, num_anchors=c.num_anchors,
         tau=c.tau, twin_emb_BHWD=twin_emb, require_all_classes=c.require_all_classes)
   else:
-    emb = view_embeddings(main, twins, 'head')
+    # Every pixel of both views: the pixel head's embeddings (L2-normalized by the head).
+    emb = jnp.concatenate([main['pixel_embedding'], twins['pixel_embedding']], axis=0)
     labels2 = jnp.concatenate([labels, labels], axis=0)
     d = emb.shape[-1]
     loss = pixel_contrast.pixel_infonce_tiled(
         emb.reshape(-1, d), labels2.reshape(-1), labels2.reshape(-1) > 0, tau=c.tau,
         form='supcon', block_size=c.tile)
   return c.weight * loss, {'lclpl': loss}
+
+
+TERM = LossTerm('lclpl', lclpl, blocks, needs_unlabeled=True)

@@ -16,13 +16,41 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 
 from jaxseg.errors import ConfigError
 from jaxseg.losses import plgcl as plgcl_loss
-from jaxseg.training.terms import register
+from jaxseg.methods.term import LossTerm
 
 EMBEDDINGS = ('patches', 'regions')
 PSEUDO_LABELS = ('student', 'teacher')
+
+
+def blocks() -> dict[str, ml_collections.ConfigDict]:
+  """Paper values, see BUILD_NOTES.md."""
+  return {'plgcl': ml_collections.ConfigDict(dict(
+      weight=0.2,  # gamma in eq. 8
+      warmup_steps=0,  # steps with PLGCL off (paper: 50 epochs)
+      patch=32, num_pos=20, tau=0.2, lam=4.0,
+      zeta='count',  # 'count' (eq. 5 derivation: number of negative keys) or a number
+      sampler='entropy',  # 'entropy' (paper), 'confidence' or 'cosine' (Table 3)
+      entropy_scope='class',  # nearest in Ent^k among class-k patches, or 'all' (literal)
+      # Keys: 'per_class' (§3.1: a patch of I * C^k for each class k a cell holds, Avg^k >
+      # min_conf), or one per cell of its 'dominant' class (argmax of Avg) or 'foreground' class.
+      assign='per_class', min_conf=0.1,
+      patches_per_class=64,  # 'per_class': keys drawn per class and step (4 x 64 at ACDC)
+      detach_keys=False,  # False: keys carry gradient (Algorithm 1); True: as a detached queue
+      num_anchors=0,  # 0: every key is an anchor; else a random subset of this size
+      foreground_anchors=False,  # only keys of a foreground class as anchors
+      embedding='patches',  # 'patches' through the encoder (paper) or pooled 'regions'
+      pseudo_label='student',  # confidence maps of unlabeled images: 'student' (paper) or 'teacher'
+  ))}
+
+
+def scale_schedules(config, factor: float, ema: bool) -> None:
+  """The warm-up (PLGCL off) times `factor`."""
+  del ema
+  config.plgcl.warmup_steps = int(config.plgcl.warmup_steps * factor)
 
 
 def confidence_maps(out, config) -> jax.Array:
@@ -33,7 +61,7 @@ def confidence_maps(out, config) -> jax.Array:
   source = out.student_unlabeled if p.pseudo_label == 'student' else out.teacher_unlabeled
   if source is None:
     raise ConfigError('plgcl.pseudo_label=teacher needs a teacher: add the mean_teacher term')
-  labeled = jax.nn.one_hot(out.labeled['label'], config.num_classes)
+  labeled = jax.nn.one_hot(out.labeled.label, config.num_classes)
   unlabeled = jax.nn.softmax(jax.lax.stop_gradient(source['logits']), axis=-1)
   return jnp.concatenate([labeled, unlabeled], axis=0)
 
@@ -81,13 +109,12 @@ def check_config(p) -> None:
     raise ConfigError(f'plgcl.patches_per_class must be >= 1, got {p.patches_per_class}')
 
 
-@register('plgcl', needs_unlabeled=True)
 def plgcl(out, config):
   p = config.plgcl
   if not config.model.projection_dim:
     raise ConfigError('plgcl needs a projection head: set model.projection_dim (e.g. 128)')
   check_config(p)
-  images = jnp.concatenate([out.labeled['image'], out.unlabeled['image_strong']], axis=0)
+  images = jnp.concatenate([out.labeled.image, out.unlabeled.image_strong], axis=0)
   conf = confidence_maps(out, config)
   stats = plgcl_loss.patch_statistics(images, conf, p.patch, p.assign, p.min_conf)
   key_rng, anchor_rng = jax.random.split(out.rng)
@@ -107,3 +134,6 @@ def plgcl(out, config):
   return weight * loss, {'plgcl': loss, 'plgcl_weight': weight,
                          'plgcl_anchors': aux['num_valid_anchors'],
                          'plgcl_background_keys': bg_fraction}
+
+
+TERM = LossTerm('plgcl', plgcl, blocks, scale_schedules, needs_unlabeled=True)

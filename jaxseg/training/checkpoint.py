@@ -32,6 +32,7 @@ from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
+from etils import epath
 
 from jaxseg.errors import ConfigError, JaxsegError, StorageError
 from jaxseg.training import rundir
@@ -90,6 +91,25 @@ class ProcessDataSave(ocp.args.CheckpointArgs):
 @dataclasses.dataclass
 class ProcessDataRestore(ocp.args.CheckpointArgs):
   pass
+
+
+def _template_for_saved_teacher(manager, step: int, state_template):
+  """(restore template, whether to drop the teacher after restoring).
+
+  Until configs held only their own terms, every run's state kept an EMA teacher; a run whose
+  terms need none (supervised, dual-stream, Hu et al.'s stages) now has no teacher in its state.
+  A checkpoint saved with a teacher restores into such a state: the teacher is read with the
+  student's shapes (it is a copy of the student's structure) and dropped.
+  """
+  if getattr(state_template, 'teacher_params', ()) is not None:
+    return state_template, False
+  # The manager knows an item's handler only once it saved or restored one: read the tree alone.
+  folder = os.path.join(os.fspath(manager.directory), str(step), 'state')
+  saved = ocp.StandardCheckpointHandler().metadata(epath.Path(folder)).tree
+  if not saved.get('teacher_params'):  # a teacher-less state saves the field as None
+    return state_template, False
+  return state_template.replace(teacher_params=state_template.params,
+                                teacher_batch_stats=state_template.batch_stats), True
 
 
 class Checkpoints:
@@ -166,12 +186,16 @@ class Checkpoints:
 
   @staticmethod
   def _restore(manager, step: int, state_template):
-    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state_template)
+    template, drop_teacher = _template_for_saved_teacher(manager, step, state_template)
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, template)
     restored = manager.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(abstract),
         data=ProcessDataRestore(),
         meta=ocp.args.JsonRestore()))
-    return restored['state'], restored['data'], restored['meta']
+    state = restored['state']
+    if drop_teacher:
+      state = state.replace(teacher_params=None, teacher_batch_stats=None)
+    return state, restored['data'], restored['meta']
 
   def _restores(self, kind: str, step: int, state_template) -> bool:
     try:

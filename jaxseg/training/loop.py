@@ -19,19 +19,18 @@ import time
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import tqdm
 
-from jaxseg import config as config_lib
+from jaxseg import config as config_lib, methods
 from jaxseg.data import datasets, pipeline
 from jaxseg.errors import ConfigError, JaxsegError, TrainingDiverged
 from jaxseg.evaluation import metrics as metrics_lib
 from jaxseg.evaluation.inference import evaluate_split, make_logits_fn
 from jaxseg.models import build_model
-from jaxseg.training import (checkpoint, distributed, objectives, prefetch, rundir, schedules,
-                             stages, step as step_lib)
+from jaxseg.training import (checkpoint, distributed, prefetch, rundir, schedules, stages,
+                             step as step_lib)
 from jaxseg.training.logging import MetricsWriter, NullWriter
 
 
@@ -78,10 +77,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, resum
       print(f'{workdir}: the run finished all {finished["steps"]} steps; nothing to do (--steps N '
             'with --resume trains it longer)', flush=True)
       return finished
-  # Bad names and sizes fail before the run directory is touched.
+  # Bad names and sizes fail before the run directory is touched; every term gets its config block.
+  config_lib.add_method_blocks(config)
   for name in config.stage_order or ('',):
     stage = config_lib.stage_config(config, name) if name else config
-    objectives.resolve(tuple(stage.losses))
+    methods.resolve(tuple(stage.losses))
     config_lib.check_sizes(stage, f'stages.{name}.' if name else '')
   # The dataset's own config block and classes; config.json holds no other dataset's block.
   config = datasets.resolve_config(config)
@@ -162,19 +162,19 @@ def train_stage(config, data, workdir: str, *, resume: bool, progress: bool,
   model = build_model(config)
   tx = schedules.optimizer(config)
   train_step = step_lib.make_train_step(model, tx, config)
+  streams = step_lib.streams(config)
   mesh = step_lib.make_mesh(config.mesh.num_devices)
-  step_lib.check_batch_divisible(config, mesh, train_step.needs_unlabeled,
-                                 train_step.needs_labeled)
+  step_lib.check_batch_divisible(config, mesh, streams.unlabeled, streams.labeled)
   jitted_step = step_lib.jit_train_step(train_step, mesh)
   state = step_lib.init_state(model, tx, config)
   if init_variables is not None:
-    state = start_from(state, init_variables, tx)
+    state = step_lib.start_from(state, init_variables, tx)
   state = step_lib.replicate(state, mesh)
   # Each process reads only its own rows of every global batch; the next batch travels to the
   # device while a step runs.
   batches = prefetch.DevicePrefetch(
       pipeline.make_train_iterator(
-          data, config, train_step.needs_unlabeled, train_step.needs_labeled,
+          data, config, streams.unlabeled, streams.labeled,
           local_rows=lambda batch_size: distributed.local_rows(mesh, batch_size)),
       lambda pair: tuple(step_lib.shard_batch(batch, mesh) for batch in pair))
   ckpts = checkpoint.Checkpoints(workdir, keep=config.checkpoint.keep)
@@ -284,14 +284,6 @@ def diverged(workdir: str, log_dir: str, step: int, loss: float, last_finite, sa
             f'does not make it good; read {log_dir}/metrics.jsonl before resuming from it')
   return TrainingDiverged(f'{workdir}: loss became {loss} at step {step} ({before}); training '
                           f'stopped; {kept}')
-
-
-def start_from(state, variables: dict[str, Any], tx):
-  """A fresh state (step 0, new optimizer) with another stage's parameters and statistics."""
-  copy = lambda tree: jax.tree.map(jnp.copy, tree)
-  params, batch_stats = variables['params'], variables['batch_stats']
-  return state.replace(params=params, batch_stats=batch_stats, teacher_params=copy(params),
-                       teacher_batch_stats=copy(batch_stats), opt_state=tx.init(params))
 
 
 def final_report(model, ckpts, state, data, config, workdir: str, progress: bool,

@@ -1,4 +1,5 @@
-"""Optimizers, learning-rate schedules, loss-weight ramps and the EMA teacher's decay rule."""
+"""Optimizers, learning-rate schedules and loss-weight ramps (the EMA teacher's decay rule is the
+mean teacher's: jaxseg/methods/mean_teacher.py)."""
 
 from __future__ import annotations
 
@@ -49,12 +50,3 @@ def sigmoid_rampup(step, length: float, interval: int = 1):
   t = jnp.clip((step // interval) * interval / length, 0.0, 1.0)
   return jnp.exp(-5.0 * (1.0 - t) ** 2)
 
-
-def ema_decay(step, config: ml_collections.ConfigDict):
-  """SSL4MIS: alpha = min(1 - 1/(t+1), decay), so early teachers follow the student closely."""
-  e = config.ema
-  if e.rule == 'ssl4mis':
-    return jnp.minimum(1.0 - 1.0 / (step + 1.0), e.decay)
-  if e.rule == 'fixed':
-    return jnp.asarray(e.decay, jnp.float32)
-  raise ConfigError(f'ema.rule: unknown rule {e.rule!r}; known: ssl4mis, fixed')

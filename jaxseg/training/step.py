@@ -10,11 +10,16 @@ and input cast to the compute dtype and its outputs cast back to float32. Parame
 optimizer state, batch-norm statistics (flax reduces them in float32), losses and metrics stay
 float32; the cast's gradient carries the bf16 gradients back to the float32 parameters. This is
 what flax's per-layer `dtype` field does, in one place for every network and head.
+
+The loss terms are the methods' (jaxseg/methods): the step asks `streams(config)` which batches
+to read and `teacher_of(terms)` whether an EMA teacher is kept; a run without a teacher term
+carries none in its state. Batches reach the step as the pipeline's dicts or as the typed
+`Labeled` / `Unlabeled` (jaxseg/methods/term.py) and are typed at its entry.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import flax.linen as nn
 import flax.struct
@@ -25,8 +30,10 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from jaxseg import methods
 from jaxseg.errors import ConfigError
-from jaxseg.training import objectives, schedules
+from jaxseg.methods.term import LossTerm, StepOutputs, Teacher, as_labeled, as_unlabeled
+from jaxseg.training import schedules
 
 
 @flax.struct.dataclass
@@ -34,10 +41,33 @@ class TrainState:
   step: jax.Array
   params: Any
   batch_stats: Any
-  teacher_params: Any  # EMA of the student's parameters, updated inside the step
-  teacher_batch_stats: Any  # the teacher's own running statistics (SSL4MIS keeps them so)
   opt_state: Any
   rng: jax.Array
+  # The EMA teacher of a term that needs one (mean_teacher), else None: its parameters and its
+  # own running statistics (SSL4MIS keeps them so), updated inside the step.
+  teacher_params: Any = None
+  teacher_batch_stats: Any = None
+
+
+class Streams(NamedTuple):
+  """Which batches a run reads: the data pipeline builds only these streams."""
+  labeled: bool
+  unlabeled: bool
+
+
+def streams(config, terms: list[LossTerm] | None = None) -> Streams:
+  """The streams the terms of `config.losses` (or `terms`) read."""
+  terms = methods.resolve(tuple(config.losses)) if terms is None else terms
+  return Streams(labeled=any(t.needs_labeled for t in terms),
+                 unlabeled=any(t.needs_unlabeled for t in terms))
+
+
+def teacher_of(terms: list[LossTerm]) -> Teacher | None:
+  """The EMA teacher the terms need, or None; one teacher per run."""
+  teachers = {t.name: t.teacher for t in terms if t.teacher is not None}
+  if len(teachers) > 1:
+    raise ConfigError(f'losses: {", ".join(teachers)} each keep an EMA teacher; a run has one')
+  return next(iter(teachers.values()), None)
 
 
 def input_shape(config) -> tuple[int, ...]:
@@ -68,20 +98,21 @@ def cast_floats(tree, dtype):
       lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree)
 
 
-def init_state(model: nn.Module, tx: optax.GradientTransformation, config) -> TrainState:
+def init_state(model: nn.Module, tx: optax.GradientTransformation, config,
+               terms: list[LossTerm] | None = None) -> TrainState:
+  """Step 0: fresh parameters, and a teacher (a copy of them) only if a term needs one."""
   shape = input_shape(config)
+  terms = methods.resolve(tuple(config.losses)) if terms is None else terms
+  with_teacher = teacher_of(terms) is not None
 
   # One compiled program: initializing op by op compiles every layer separately (tens of seconds).
   @jax.jit
   def init(init_rng, state_rng):
     variables = model.init(init_rng, jnp.zeros(shape, jnp.float32), train=False)
     params, batch_stats = variables['params'], variables.get('batch_stats', {})
-    # Separate buffers for the teacher: the state is donated, and a buffer cannot be donated twice.
-    copy = lambda tree: jax.tree.map(jnp.copy, tree)
-    return TrainState(
-        step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
-        teacher_params=copy(params), teacher_batch_stats=copy(batch_stats),
-        opt_state=tx.init(params), rng=state_rng)
+    state = TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
+                       opt_state=tx.init(params), rng=state_rng)
+    return with_new_teacher(state) if with_teacher else state
 
   # Parameters are drawn with the RBG generator: XLA compiles threefry-based initialization of a
   # U-Net in ~15 s on a CPU, RBG in ~3 s. The state's rng (dropout, noise) stays threefry, whose
@@ -90,14 +121,36 @@ def init_state(model: nn.Module, tx: optax.GradientTransformation, config) -> Tr
   return init(init_rng, jax.random.PRNGKey(config.seed))
 
 
+def with_new_teacher(state: TrainState) -> TrainState:
+  """`state` with its teacher a copy of the student. Separate buffers: the state is donated,
+  and a buffer cannot be donated twice."""
+  copy = lambda tree: jax.tree.map(jnp.copy, tree)
+  return state.replace(teacher_params=copy(state.params),
+                       teacher_batch_stats=copy(state.batch_stats))
+
+
+def start_from(state: TrainState, variables: dict[str, Any],
+               tx: optax.GradientTransformation) -> TrainState:
+  """A fresh state (step 0, new optimizer) with another stage's parameters and statistics; its
+  teacher, if it keeps one, starts as a copy of them."""
+  new = state.replace(params=variables['params'], batch_stats=variables['batch_stats'],
+                      opt_state=tx.init(variables['params']))
+  return with_new_teacher(new) if state.teacher_params is not None else new
+
+
 def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
-                    config: ml_collections.ConfigDict):
-  """Returns the pure (not yet jitted) train step for the configured loss terms."""
-  terms = objectives.resolve(tuple(config.losses))
-  needs_unlabeled = any(t.needs_unlabeled for t in terms)
-  needs_teacher = any(t.needs_teacher for t in terms)
-  needs_labeled = any(t.needs_labeled for t in terms)
-  mt = config.mean_teacher
+                    config: ml_collections.ConfigDict, terms: list[LossTerm] | None = None):
+  """Returns the pure (not yet jitted) train step summing `terms` (default: the table's terms
+  `config.losses` names)."""
+  terms = methods.resolve(tuple(config.losses)) if terms is None else terms
+  for term in terms:
+    missing = sorted(set(term.blocks()) - set(config.keys()))
+    if missing:
+      raise ConfigError(f'losses: {term.name!r} reads config block(s) {", ".join(missing)}, which '
+                        'this config lacks (build it with config.base_config(losses=...) or '
+                        'add them with config.add_method_blocks)')
+  needs = streams(config, terms)
+  teacher = teacher_of(terms)
   dtype = compute_dtype(config)
 
   def apply_model(params, batch_stats, x, rng, method=None):
@@ -108,17 +161,14 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
     return cast_floats(outputs, jnp.float32), new_vars
 
   def train_step(state: TrainState, labeled, unlabeled):
+    labeled, unlabeled = as_labeled(labeled), as_unlabeled(unlabeled)
     rng = jax.random.fold_in(state.rng, state.step)
     student_rng, teacher_rng, noise_rng, term_rng, extra_rng = jax.random.split(rng, 5)
-    num_labeled = labeled['image'].shape[0] if needs_labeled else 0
+    num_labeled = labeled.image.shape[0] if needs.labeled else 0
 
     teacher_out, teacher_batch_stats = None, state.teacher_batch_stats
-    if needs_teacher:
-      teacher_in = unlabeled['image_weak']
-      if mt.teacher_noise > 0:
-        noise = jnp.clip(mt.teacher_noise * jax.random.normal(noise_rng, teacher_in.shape),
-                         -mt.teacher_noise_clip, mt.teacher_noise_clip)
-        teacher_in = teacher_in + noise
+    if teacher is not None:
+      teacher_in = teacher.input_fn(unlabeled, noise_rng, config)
       # SSL4MIS leaves the teacher in train mode: batch statistics and dropout.
       teacher_out, teacher_vars = apply_model(state.teacher_params, state.teacher_batch_stats,
                                               teacher_in[..., None], teacher_rng)
@@ -127,8 +177,8 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
 
     # One forward over labeled + unlabeled, as SSL4MIS: batch norm sees both.
     images = jnp.concatenate(
-        ([labeled['image']] if needs_labeled else [])
-        + ([unlabeled['image_strong']] if needs_unlabeled else []), axis=0)
+        ([labeled.image] if needs.labeled else [])
+        + ([unlabeled.image_strong] if needs.unlabeled else []), axis=0)
 
     def loss_fn(params):
       outputs, new_vars = apply_model(params, state.batch_stats, images[..., None], student_rng)
@@ -138,10 +188,10 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
       def apply(x, method=None):
         return apply_model(params, state.batch_stats, x, extra_rng, method)[0]
 
-      out = objectives.StepOutputs(
+      out = StepOutputs(
           labeled=labeled, unlabeled=unlabeled,
-          student_labeled=split(outputs, 0) if needs_labeled else None,
-          student_unlabeled=split(outputs, 1) if needs_unlabeled else None,
+          student_labeled=split(outputs, 0) if needs.labeled else None,
+          student_unlabeled=split(outputs, 1) if needs.unlabeled else None,
           teacher_unlabeled=teacher_out, step=state.step, apply=apply, rng=term_rng)
       total, metrics = jnp.zeros((), jnp.float32), {}
       for term in terms:
@@ -154,19 +204,18 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
     grads, (metrics, batch_stats) = jax.grad(loss_fn, has_aux=True)(state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    alpha = schedules.ema_decay(state.step, config)
-    teacher_params = optax.incremental_update(params, state.teacher_params, 1.0 - alpha)
-    metrics['ema_decay'] = alpha
     metrics['lr'] = schedules.learning_rate(config)(state.step)
     metrics['grad_norm'] = optax.tree.norm(grads)
-    new_state = state.replace(
-        step=state.step + 1, params=params, batch_stats=batch_stats,
-        teacher_params=teacher_params, teacher_batch_stats=teacher_batch_stats,
-        opt_state=opt_state)
+    new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
+                              opt_state=opt_state)
+    if teacher is not None:
+      alpha = teacher.decay_fn(state.step, config)
+      metrics['ema_decay'] = alpha
+      new_state = new_state.replace(
+          teacher_params=optax.incremental_update(params, state.teacher_params, 1.0 - alpha),
+          teacher_batch_stats=teacher_batch_stats)
     return new_state, metrics
 
-  train_step.needs_unlabeled = needs_unlabeled
-  train_step.needs_labeled = needs_labeled
   return train_step
 
 

@@ -1,8 +1,7 @@
-"""3D networks: parameter counts of the published architectures, outputs, a DualStream step.
+"""3D networks (jaxseg/models/{dualstream,vnet,resnet3d}.py): parameter counts of the published
+architectures, build_model's names, the DualStream's outputs (its train step: tests/training).
 
-Compiling 3D programs dominates the time here, so one tiny DualStream state (one init program)
-serves the forward and train-step tests; full-size parameter counts come from `jax.eval_shape`,
-which compiles nothing.
+Full-size parameter counts come from `jax.eval_shape`, which compiles nothing.
 """
 
 import jax
@@ -11,13 +10,11 @@ import numpy as np
 import pytest
 
 from jaxseg import config as config_lib
-from jaxseg.data import datasets, pipeline
 from jaxseg.errors import ConfigError
 from jaxseg.models import build_model
 from jaxseg.models.dualstream import DualStream, mean_softmax_logits
 from jaxseg.models.resnet3d import ResNet3D
 from jaxseg.models.vnet import VNet
-from jaxseg.training import schedules, step as step_lib
 
 
 def _param_count(model, shape=(1, 112, 112, 80, 1)):
@@ -105,50 +102,21 @@ def test_build_model_names_and_errors():
     build_model(c)
 
 
-def tiny_3d_config(**data):
-  """DualStream (V-Net + ResNet) at the smallest widths, on 16^3 crops of the 3D phantom."""
-  c = config_lib.base_config()
-  c.num_classes = 2
-  c.class_names = ('target',)
-  c.data.crop_shape = (16, 16, 16)
-  c.data.labeled_num = 2
-  c.data.synthetic3d.update(dict(num_train=4, num_val=1, num_test=1, size=20))
-  c.data.labeled_batch = 2
-  c.data.unlabeled_batch = 2
-  c.data.read_threads = 1
-  c.data.update(data)
-  c.model.name = 'dualstream'
-  c.model.base_filters = 2
-  c.model.resnet_blocks = (1, 1, 1, 1)
-  c.losses = ('supervised',)
-  c.steps = 10
-  return c
-
-
 @pytest.fixture(scope='module')
 def tiny():
-  c = tiny_3d_config()
+  """DualStream (V-Net + ResNet) at the smallest widths and its variables, on 16^3 crops."""
+  c = config_lib.base_config()
+  c.num_classes = 2
+  c.model.update(name='dualstream', base_filters=2, resnet_blocks=(1, 1, 1, 1))
   model = build_model(c)
-  tx = schedules.optimizer(c)
-  return c, model, tx, step_lib.init_state(model, tx, c)
-
-
-def test_init_uses_the_3d_crop(tiny):
-  c, _, _, state = tiny
-  assert step_lib.input_shape(c) == (1, 16, 16, 16, 1)
-  c2 = config_lib.base_config()
-  assert step_lib.input_shape(c2) == (1, 256, 256, 1)
-  # The first conv of each subnet sees one input channel; the classifiers give K = 2.
-  assert state.params['subnet_a']['enc0']['conv0']['kernel'].shape == (3, 3, 3, 1, 2)
-  assert state.params['subnet_b']['encoder']['stem']['kernel'].shape == (7, 7, 7, 1, 2)
-  assert state.params['subnet_b']['decoder']['classifier']['kernel'].shape == (1, 1, 1, 2, 2)
+  variables = model.init(jax.random.key(0), jnp.zeros((1, 16, 16, 16, 1)), train=False)
+  return c, model, variables
 
 
 def test_dualstream_forward(tiny):
-  c, model, _, state = tiny
+  c, model, variables = tiny
   x = np.random.default_rng(0).random((2, 16, 16, 16, 1), dtype=np.float32)
-  out = jax.jit(lambda v, x: model.apply(v, x, train=False))(
-      {'params': state.params, 'batch_stats': state.batch_stats}, x)
+  out = jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, x)
   for key in ('logits', 'logits_a', 'logits_b'):
     assert out[key].shape == (2, 16, 16, 16, 2)
   for key in ('features_a', 'features_b'):
@@ -157,29 +125,3 @@ def test_dualstream_forward(tiny):
                              rtol=1e-5, atol=1e-6)
   # The two subnets are different networks: their predictions differ.
   assert not np.allclose(out['logits_a'], out['logits_b'])
-
-
-def test_dualstream_supervised_step_on_synthetic_3d(tiny):
-  c, model, tx, state = tiny
-  data = datasets.load_data(c)
-  assert data.layout == 'synthetic3d'
-  train_step = step_lib.make_train_step(model, tx, c)
-  mesh = step_lib.make_mesh(1)
-  jitted = step_lib.jit_train_step(train_step, mesh)
-  iterator = pipeline.make_train_iterator(data, c, train_step.needs_unlabeled)
-  state = step_lib.replicate(jax.tree.map(jnp.copy, state), mesh)  # the fixture's is not donated
-  before = jax.device_get(state.params)
-  losses = []
-  for _ in range(2):
-    labeled, unlabeled = next(iterator)
-    assert labeled['image'].shape == (2, 16, 16, 16) and labeled['label'].shape == (2, 16, 16, 16)
-    state, metrics = jitted(state, step_lib.shard_batch(labeled, mesh),
-                            step_lib.shard_batch(unlabeled, mesh))
-    losses.append(float(metrics['loss']))
-  assert int(state.step) == 2
-  assert np.isfinite(losses).all() and 0 < losses[0] < 5
-  # Both subnets are trained by the supervised loss on the averaged prediction.
-  for subnet in ('subnet_a', 'subnet_b'):
-    delta = jax.tree.map(lambda a, b: float(np.abs(np.asarray(a) - b).max()),
-                         state.params[subnet], before[subnet])
-    assert max(jax.tree.leaves(delta)) > 0

@@ -614,7 +614,7 @@ class PerClassKeysTest(chex.TestCase):
 def _balance_script():
   import importlib.util  # noqa: PLC0415
   import os  # noqa: PLC0415
-  path = os.path.join(os.path.dirname(__file__), '..', 'benchmarks', 'plgcl_balance.py')
+  path = os.path.join(os.path.dirname(__file__), '..', '..', 'benchmarks', 'plgcl_balance.py')
   spec = importlib.util.spec_from_file_location('plgcl_balance', path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
