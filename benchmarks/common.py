@@ -66,3 +66,39 @@ def time_compiled(compiled, args, repeats: int, warmup: int = 1) -> list[float]:
 
 def median(times: list[float]) -> float:
   return statistics.median(times)
+
+
+def compile_step(jitted, *args) -> dict:
+  """Lowers and compiles `jitted` for `args` (timed apart) with XLA's FLOP and memory analyses.
+
+  Returns {'compiled', 'lower_s', 'compile_s', 'flops', **memory_stats}. Call the returned
+  executable directly: calling `jitted` would compile a second time (the AOT and jit caches are
+  separate); it donates its arguments just as `jitted` would.
+  """
+  start = time.perf_counter()
+  lowered = jitted.lower(*args)
+  lower_s = time.perf_counter() - start
+  start = time.perf_counter()
+  compiled = lowered.compile()
+  compile_s = time.perf_counter() - start
+  try:
+    flops = total_flops(compiled.cost_analysis())
+  except (NotImplementedError, RuntimeError, AttributeError):
+    flops = None
+  return {'compiled': compiled, 'lower_s': lower_s, 'compile_s': compile_s, 'flops': flops,
+          **memory_stats(compiled)}
+
+
+def time_train_steps(compiled, state, labeled, unlabeled, warmup: int, repeats: int):
+  """Calls a compiled train step warmup + repeats times, feeding its state back (it is donated).
+
+  Returns (wall seconds of the timed calls, the last metrics or None).
+  """
+  times, metrics = [], None
+  for i in range(warmup + repeats if repeats else 0):
+    start = time.perf_counter()
+    state, metrics = compiled(state, labeled, unlabeled)
+    jax.block_until_ready((state, metrics))
+    if i >= warmup:
+      times.append(time.perf_counter() - start)
+  return times, metrics

@@ -27,7 +27,7 @@ if REPO_ROOT not in sys.path:
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from common import machine_info  # noqa: E402
+from common import machine_info, time_compiled  # noqa: E402
 from jaxseg import config as config_lib  # noqa: E402
 from jaxseg.models import build_model, layers  # noqa: E402
 from jaxseg.training import schedules  # noqa: E402
@@ -97,13 +97,7 @@ def vnet_convs(crop, batch: int, f: int = 16):
 
 
 def _median_ms(fn, args, repeats):
-  jax.block_until_ready(fn(*args))
-  times = []
-  for _ in range(repeats):
-    t = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    times.append(time.perf_counter() - t)
-  return 1e3 * float(np.median(times))
+  return 1e3 * float(np.median(time_compiled(fn, args, repeats)))
 
 
 def layer_times(conv, impl: str, repeats: int) -> dict:

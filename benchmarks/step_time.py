@@ -28,7 +28,7 @@ if REPO_ROOT not in sys.path:
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from common import MIB, machine_info, memory_stats, total_flops  # noqa: E402
+from common import MIB, compile_step, machine_info, time_train_steps  # noqa: E402
 from jaxseg import config as config_lib  # noqa: E402
 from jaxseg.errors import JaxsegError  # noqa: E402
 from jaxseg.models import build_model  # noqa: E402
@@ -115,30 +115,14 @@ def bench_step(name: str, args, mesh) -> dict:
   labeled = step_lib.shard_batch(labeled, mesh)
   unlabeled = step_lib.shard_batch(unlabeled, mesh)
 
-  t = time.perf_counter()
-  lowered = jitted.lower(state, labeled, unlabeled)
-  lower_s = time.perf_counter() - t
-  t = time.perf_counter()
-  compiled = lowered.compile()
-  compile_s = time.perf_counter() - t
+  built = compile_step(jitted, state, labeled, unlabeled)
+  compiled, lower_s, compile_s, flops = (built.pop(k) for k in
+                                         ('compiled', 'lower_s', 'compile_s', 'flops'))
+  memory = built
 
-  try:
-    flops = total_flops(compiled.cost_analysis())
-  except (NotImplementedError, RuntimeError, AttributeError):
-    flops = None
-  memory = memory_stats(compiled)
-
-  # The compiled executable is called directly: calling `jitted` would compile a second time
-  # (the AOT and jit caches are separate). It donates the state just as `jitted` would.
-  times = []
-  for i in range(args.warmup + args.repeats):
-    t = time.perf_counter()
-    state, metrics = compiled(state, labeled, unlabeled)
-    jax.block_until_ready((state, metrics))
-    if i >= args.warmup:
-      times.append(time.perf_counter() - t)
+  times, metrics = time_train_steps(compiled, state, labeled, unlabeled, args.warmup,
+                                    args.repeats)
   loss = float(jax.device_get(metrics['loss']))
-  del state
 
   times_ms = np.asarray(times) * 1e3
   median = float(np.median(times_ms))

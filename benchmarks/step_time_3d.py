@@ -27,7 +27,7 @@ if REPO_ROOT not in sys.path:
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from common import MIB, machine_info, memory_stats, total_flops  # noqa: E402
+from common import MIB, compile_step, machine_info, time_train_steps  # noqa: E402
 from jaxseg import config as config_lib, methods  # noqa: E402
 from jaxseg.models import build_model  # noqa: E402
 from jaxseg.methods.term import LossTerm  # noqa: E402
@@ -108,23 +108,14 @@ def main(argv=None) -> int:
     unlabeled = {'image_weak': u, 'image_strong': u}
   labeled, unlabeled = step_lib.shard_batch(labeled, mesh), step_lib.shard_batch(unlabeled, mesh)
 
-  t = time.perf_counter()
-  compiled = jitted.lower(state, labeled, unlabeled).compile()
-  compile_s = time.perf_counter() - t
-  try:
-    flops = total_flops(compiled.cost_analysis())
-  except (NotImplementedError, RuntimeError, AttributeError):
-    flops = None
-  memory = memory_stats(compiled)
+  built = compile_step(jitted, state, labeled, unlabeled)
+  compiled, flops = built.pop('compiled'), built.pop('flops')
+  compile_s = built.pop('lower_s') + built.pop('compile_s')
+  memory = built
 
-  times, loss = [], None
-  for i in range(args.warmup + args.repeats if args.repeats else 0):
-    t = time.perf_counter()
-    state, metrics = compiled(state, labeled, unlabeled)
-    jax.block_until_ready((state, metrics))
-    if i >= args.warmup:
-      times.append(time.perf_counter() - t)
-    loss = float(jax.device_get(metrics['loss']))
+  times, metrics = time_train_steps(compiled, state, labeled, unlabeled, args.warmup,
+                                    args.repeats)
+  loss = float(jax.device_get(metrics['loss'])) if metrics is not None else None
   result = {
       'machine': machine_info(1), 'crop': args.crop, 'subnets': config.model.subnets,
       'labeled': args.labeled, 'unlabeled': args.unlabeled, 'losses': list(config.losses),
