@@ -177,96 +177,97 @@ def train_stage(config, data, workdir: str, *, resume: bool, progress: bool,
           data, config, streams.unlabeled, streams.labeled,
           local_rows=lambda batch_size: distributed.local_rows(mesh, batch_size)),
       lambda pair: tuple(step_lib.shard_batch(batch, mesh) for batch in pair))
-  ckpts = checkpoint.Checkpoints(workdir, keep=config.checkpoint.keep)
-  best = {'dice': -math.inf, 'step': 0}
-  saved = None  # (step, loss) of the latest checkpoint, for a divergence message
-  # Training time before this process: a run resumed over several sittings reports the time it
-  # took to reach its end (work redone after a kill is counted once).
-  wall_before = 0.0
-  if resume and ckpts.latest_step() is None:
-    # Killed before its first checkpoint was on disk (or during that write): nothing to lose.
-    print(f'{workdir}: no checkpoint was saved before the run stopped; starting again from '
-          'step 0', flush=True)
-    resume = False
-  if resume:
-    state, data_state, meta = ckpts.restore('latest', state)
-    batches.set_state(data_state)
-    best = meta['best']
-    saved = (int(meta['step']), meta.get('loss'))
-    wall_before = float(meta.get('wall_seconds', 0.0))
-    print(f'resumed from step {int(state.step)} of {config.steps}', flush=True)
-  # Forget logs written past the restored checkpoint (or past the start of a stage begun anew).
-  main = distributed.is_main()
-  if main:
-    _truncate_metrics(log_dir, step_offset + int(state.step))
-  writer = MetricsWriter(log_dir) if main else NullWriter()
-  logits_fn = make_logits_fn(model)
-  start_step = int(state.step)
-  best_val = None  # the best checkpoint's validation results, kept for the final report
-  pending = []  # (step, metrics on the device) since the last fetch
-  last_finite = None  # (step, loss)
-  t0 = time.time()
+  # Closed on every way out (a divergence, a failed validation, an interrupt): closing waits for
+  # Orbax's background writes, so the last checkpoint is whole on disk.
+  with contextlib.closing(checkpoint.Checkpoints(workdir, keep=config.checkpoint.keep)) as ckpts:
+    best = {'dice': -math.inf, 'step': 0}
+    saved = None  # (step, loss) of the latest checkpoint, for a divergence message
+    # Training time before this process: a run resumed over several sittings reports the time it
+    # took to reach its end (work redone after a kill is counted once).
+    wall_before = 0.0
+    if resume and ckpts.latest_step() is None:
+      # Killed before its first checkpoint was on disk (or during that write): nothing to lose.
+      print(f'{workdir}: no checkpoint was saved before the run stopped; starting again from '
+            'step 0', flush=True)
+      resume = False
+    if resume:
+      state, data_state, meta = ckpts.restore('latest', state)
+      batches.set_state(data_state)
+      best = meta['best']
+      saved = (int(meta['step']), meta.get('loss'))
+      wall_before = float(meta.get('wall_seconds', 0.0))
+      print(f'resumed from step {int(state.step)} of {config.steps}', flush=True)
+    # Forget logs written past the restored checkpoint (or past the start of a stage begun anew).
+    main = distributed.is_main()
+    if main:
+      _truncate_metrics(log_dir, step_offset + int(state.step))
+    writer = MetricsWriter(log_dir) if main else NullWriter()
+    logits_fn = make_logits_fn(model)
+    start_step = int(state.step)
+    best_val = None  # the best checkpoint's validation results, kept for the final report
+    pending = []  # (step, metrics on the device) since the last fetch
+    last_finite = None  # (step, loss)
+    t0 = time.time()
 
-  bar = tqdm.tqdm(total=config.steps, initial=start_step, desc=config.experiment or 'train',
-                  unit='step', disable=not progress, dynamic_ncols=True)
-  try:
-    for step in range(start_step + 1, config.steps + 1):
-      labeled, unlabeled = next(batches)
-      state, metrics = jitted_step(state, labeled, unlabeled)
-      pending.append((step, metrics))
-      if step < config.steps:
-        batches.prefetch()  # batch step + 1 travels to the device while this step runs
-      bar.update(1)
-      validate = evaluate and (step % config.eval.every == 0 or step == config.steps)
-      save = step % config.checkpoint.every == 0 or step == config.steps
-      if not (validate or save or step % config.log_every == 0):
-        continue
+    bar = tqdm.tqdm(total=config.steps, initial=start_step, desc=config.experiment or 'train',
+                    unit='step', disable=not progress, dynamic_ncols=True)
+    try:
+      for step in range(start_step + 1, config.steps + 1):
+        labeled, unlabeled = next(batches)
+        state, metrics = jitted_step(state, labeled, unlabeled)
+        pending.append((step, metrics))
+        if step < config.steps:
+          batches.prefetch()  # batch step + 1 travels to the device while this step runs
+        bar.update(1)
+        validate = evaluate and (step % config.eval.every == 0 or step == config.steps)
+        save = step % config.checkpoint.every == 0 or step == config.steps
+        if not (validate or save or step % config.log_every == 0):
+          continue
 
-      fetched, pending = jax.device_get(pending), []
-      for done, values in fetched:
-        loss = float(values['loss'])
-        if not math.isfinite(loss):
-          writer.write(step_offset + done, values)  # the bad step, its loss as null
-          raise diverged(workdir, log_dir, done, loss, last_finite, saved)
-        last_finite = (done, loss)
-        if done % config.log_every == 0 or done == config.steps:
-          writer.write(step_offset + done, values)
-      bar.set_postfix(loss=f'{last_finite[1]:.4f}', best_dice=f'{max(best["dice"], 0):.4f}')
+        fetched, pending = jax.device_get(pending), []
+        for done, values in fetched:
+          loss = float(values['loss'])
+          if not math.isfinite(loss):
+            writer.write(step_offset + done, values)  # the bad step, its loss as null
+            raise diverged(workdir, log_dir, done, loss, last_finite, saved)
+          last_finite = (done, loss)
+          if done % config.log_every == 0 or done == config.steps:
+            writer.write(step_offset + done, values)
+        bar.set_postfix(loss=f'{last_finite[1]:.4f}', best_dice=f'{max(best["dice"], 0):.4f}')
 
-      if validate:
-        val = {}
+        if validate:
+          val = {}
 
-        def run_validation():
-          # Process 0 validates on its own copy of the state; the others wait for its mean Dice.
-          per_volume, summary = evaluate_split(logits_fn(distributed.local_copy(state)),
-                                               data.splits['val'], config, progress)
-          writer.write(step_offset + step,
-                       metrics_lib.flat_scalars(summary, config.class_names), prefix='val')
-          val['result'] = (step, per_volume, summary)  # noqa: B023 (called at once)
-          return float(np.nanmean(summary['dice']['mean']))
+          def run_validation():
+            # Process 0 validates on its own copy of the state; the others wait for its mean Dice.
+            per_volume, summary = evaluate_split(logits_fn(distributed.local_copy(state)),
+                                                 data.splits['val'], config, progress)
+            writer.write(step_offset + step,
+                         metrics_lib.flat_scalars(summary, config.class_names), prefix='val')
+            val['result'] = (step, per_volume, summary)  # noqa: B023 (called at once)
+            return float(np.nanmean(summary['dice']['mean']))
 
-        mean_dice = distributed.on_main('val', run_validation)
-        if mean_dice > best['dice']:
-          best = {'dice': mean_dice, 'step': step}
-          best_val = val.get('result')  # process 0's; None elsewhere
-          ckpts.save('best', step, state, None, {'step': step, 'best': best, 'loss': loss})
-      if save:
-        ckpts.save('latest', step, state, batches.get_state(),
-                   {'step': step, 'best': best, 'loss': loss,
-                    'wall_seconds': wall_before + time.time() - t0})
-        saved = (step, loss)
-  finally:
-    bar.close()
-    writer.close()
-  wall = wall_before + time.time() - t0
+          mean_dice = distributed.on_main('val', run_validation)
+          if mean_dice > best['dice']:
+            best = {'dice': mean_dice, 'step': step}
+            best_val = val.get('result')  # process 0's; None elsewhere
+            ckpts.save('best', step, state, None, {'step': step, 'best': best, 'loss': loss})
+        if save:
+          ckpts.save('latest', step, state, batches.get_state(),
+                     {'step': step, 'best': best, 'loss': loss,
+                      'wall_seconds': wall_before + time.time() - t0})
+          saved = (step, loss)
+    finally:
+      bar.close()
+      writer.close()
+    wall = wall_before + time.time() - t0
 
-  results = (final_report(model, ckpts, state, data, config, workdir, progress, best_val)
-             if evaluate else {'best_step': None, 'splits': {}})
-  results.update(steps=config.steps, train_wall_seconds=wall, resumed_from=start_step)
-  if main:
-    rundir.write_json(os.path.join(workdir, 'results.json'), results, default=rundir.jsonable)
-  ckpts.close()
-  return results
+    results = (final_report(model, ckpts, state, data, config, workdir, progress, best_val)
+               if evaluate else {'best_step': None, 'splits': {}})
+    results.update(steps=config.steps, train_wall_seconds=wall, resumed_from=start_step)
+    if main:
+      rundir.write_json(os.path.join(workdir, 'results.json'), results, default=rundir.jsonable)
+    return results
 
 
 def diverged(workdir: str, log_dir: str, step: int, loss: float, last_finite, saved

@@ -15,7 +15,7 @@ from jaxseg import config as config_lib, methods
 from jaxseg.data import pipeline
 from jaxseg.errors import TrainingDiverged
 from jaxseg.methods.term import LossTerm
-from jaxseg.training import loop
+from jaxseg.training import checkpoint, loop
 from jaxseg.training.logging import read_metrics
 
 
@@ -101,7 +101,11 @@ def _diverged_run(tmp_path, match: str, *, log_every: int, checkpoint_every: int
   return workdir
 
 
-def test_nan_loss_stops_training_and_keeps_last_good_checkpoint(tmp_path, nan_term):
+def test_nan_loss_stops_training_and_keeps_last_good_checkpoint(tmp_path, nan_term, monkeypatch):
+  closed = []
+  real_close = checkpoint.Checkpoints.close
+  monkeypatch.setattr(checkpoint.Checkpoints, 'close',
+                      lambda self: (closed.append(self), real_close(self)))
   # Metrics are fetched every 5 steps and before each checkpoint (every 2): the NaN of step 4 is
   # found at step 4's fetch, before its checkpoint would be saved, and named by its own step.
   workdir = _diverged_run(
@@ -111,6 +115,8 @@ def test_nan_loss_stops_training_and_keeps_last_good_checkpoint(tmp_path, nan_te
   assert sorted(os.listdir(os.path.join(workdir, 'checkpoints', 'latest'))) == ['2']
   # The bad step is logged (its loss as null) for diagnosis.
   assert [(m['step'], m['loss']) for m in read_metrics(workdir)][-1] == (4, None)
+  # The run's checkpoints were closed on the way out (Orbax's writes finished).
+  assert len(closed) == 1
 
 
 def test_nan_before_the_first_checkpoint_keeps_config_and_logs(tmp_path, nan_term):
