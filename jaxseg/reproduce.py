@@ -46,6 +46,9 @@ SUITES: dict[str, tuple[Method, ...]] = {
         # Table 2's ablation: the same run without the PLGCL term.
         Method('plgcl_no_plgcl', 'acdc_plgcl', ("losses=('supervised','mean_teacher')",)),
         Method('plgcl_no_warmup', 'acdc_plgcl', ('plgcl.warmup_steps=0',)),
+        # A control, not in the paper: PLGCL's recipe (its optimizer, CE, augmentations) on the
+        # labeled images alone, which tells the optimizer's share from the unlabeled terms'.
+        Method('plgcl_labeled_only', 'acdc_plgcl', ("losses=('supervised',)",)),
         Method('lclpl', 'acdc_lclpl'),
         Method('hu_block', 'acdc_hu_block'),
     ),
