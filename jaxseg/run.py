@@ -19,10 +19,11 @@ import traceback
 
 import numpy as np
 
-from jaxseg import cli
+from jaxseg import cli, report
 from jaxseg import config as config_lib
+from jaxseg.data import datasets
 from jaxseg.errors import ConfigError, JaxsegError
-from jaxseg.training import rundir
+from jaxseg.training import distributed, loop, rundir
 
 
 def parse_args(argv):
@@ -89,10 +90,6 @@ def train_and_report(config, workdir: str, *, resume: bool = False, progress: bo
   report when `config.report` is on and the report is not already newer than the run's results
   (a finished run resumed with nothing to train keeps the report it has). Process 0 alone writes
   it; a figure that cannot be drawn never fails a finished run."""
-  # JAX takes seconds to import: `--help` and bad arguments answer before it. Not a cycle:
-  # neither the training modules nor the report import this one.
-  from jaxseg import report  # noqa: PLC0415
-  from jaxseg.training import distributed, loop  # noqa: PLC0415
   results = loop.train_and_evaluate(config, workdir, resume=resume, progress=progress,
                                     steps=steps)
   # A resume trains with the run's saved config: its `report` decides.
@@ -125,7 +122,6 @@ def train_folds(config, workdir: str, folds: int, *, resume: bool, progress: boo
   resumed like any run: a finished fold is left as it is, unless `steps` (--steps given with
   --resume) extends every fold.
   """
-  from jaxseg.data import datasets  # noqa: PLC0415 (imports JAX: see train_and_report)
   layout = datasets.detect_layout(config.data.dir)
   if layout not in ('la', 'pancreas'):
     raise ConfigError(f'--folds: K-fold splits exist for the LA and pancreas layouts, not {layout}')
@@ -181,15 +177,14 @@ def write_fold_summary(config, workdir: str, dice: list[float]) -> dict:
 @cli.command
 def main(argv: list[str]) -> int:
   args = parse_args(argv)
-  distributed = None
+  joined = False  # whether this process has joined the others (if any)
   try:
     config, profile = resolve_config(args)
     if args.resume and not args.workdir:
       raise JaxsegError('--resume needs --workdir (the run directory to continue)')
-    # Imports JAX (see train_and_report); joins the other processes, if any, before anything
-    # touches a device.
-    from jaxseg.training import distributed  # noqa: PLC0415
+    # Joins the other processes, if any, before anything touches a device.
     distributed.initialize(args.coordinator, args.num_processes, args.process_id)
+    joined = True
     if args.folds and distributed.is_multiprocess():
       raise ConfigError('--folds trains on one process; launch it as a single process')
     # One run directory for all processes: process 0's clock names it.
@@ -212,7 +207,7 @@ def main(argv: list[str]) -> int:
         train_and_report(config, workdir, resume=args.resume, progress=not args.no_progress,
                          steps=steps)
   except BaseException as e:
-    if distributed is not None and distributed.is_multiprocess():
+    if joined and distributed.is_multiprocess():
       # The other processes stop too, with this one's message (abort ends the process).
       if isinstance(e, JaxsegError):
         cli.print_error(e)
@@ -221,8 +216,7 @@ def main(argv: list[str]) -> int:
         traceback.print_exc()
         distributed.abort(f'{type(e).__name__}: {e}', code=1)
     raise  # one process: a JaxsegError is cli.command's one line
-  if distributed is not None:
-    distributed.finish()
+  distributed.finish()
   return 0
 
 
