@@ -39,7 +39,7 @@ def test_the_chosen_checkpoint_is_evaluated_and_saved(saved, checkpoint, step):
   assert len(results['summary']['dice']['mean']) == 3  # one per foreground class
 
 
-def test_unknown_split_and_step_are_one_line(saved):
+def test_unknown_step_is_one_line_naming_the_saved_ones(saved):
   rc, _, err = call(evaluate.main, ['--workdir', saved, '--checkpoint', '3', '--no-progress'])
   error_line(rc, err, 'no checkpoint at step 3', 'saved steps: 2, 4')
 

@@ -20,6 +20,7 @@ import os
 import sys
 
 import numpy as np
+import tqdm
 
 from jaxseg import cli
 from jaxseg import config as config_lib
@@ -124,7 +125,6 @@ def check_data(data_dir: str, *, num_classes: int | None = None, experiment: str
   Raises:
     DataError: the folder is missing or its layout unknown (nothing could be checked).
   """
-  import tqdm  # noqa: PLC0415
   if not data_dir:
     raise DataError('--data-dir: empty; give the dataset folder to check')
   spec = datasets.detect(data_dir)
