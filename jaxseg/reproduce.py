@@ -49,6 +49,11 @@ SUITES: dict[str, tuple[Method, ...]] = {
         # A control, not in the paper: PLGCL's recipe (its optimizer, CE, augmentations) on the
         # labeled images alone, which tells the optimizer's share from the unlabeled terms'.
         Method('plgcl_labeled_only', 'acdc_plgcl', ("losses=('supervised',)",)),
+        # A probe, not in the paper: the PLGCL term on the whole-image bottleneck pooled over each
+        # cell (what the decoder reads) instead of the attended patches encoded on their own;
+        # BUILD_NOTES.md, "Where the PLGCL term's learning goes".
+        Method('plgcl_regions', 'acdc_plgcl',
+               ('plgcl.embedding=regions', 'plgcl.assign=foreground')),
         Method('lclpl', 'acdc_lclpl'),
         Method('hu_block', 'acdc_hu_block'),
     ),
