@@ -2,6 +2,7 @@
 recompiling; config checks; region pooling."""
 
 import chex
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -51,3 +52,27 @@ def test_pool_regions_matches_patch_means():
   np.testing.assert_allclose(pooled[1, 2], bottleneck[1, 2:4, 0:2].mean(axis=(0, 1)))
   with pytest.raises(ConfigError, match='multiple of the encoder stride'):
     pool_regions(bottleneck, 64, 24)
+
+
+def test_patch_pass_leaves_the_running_statistics_to_whole_images():
+  # The attended patches go through the encoder with their own batch statistics, but evaluation
+  # normalizes whole images: the running averages must come from the whole-image forward alone
+  # (a PyTorch encoder called on the patches in train mode would fold them in).
+  def one_step(losses):
+    config = tiny_config('acdc_plgcl')
+    with config.unlocked():
+      config.losses = losses
+      config.plgcl.update(warmup_steps=0, patch=8, num_pos=3, patches_per_class=8)
+    _, jitted, state, batches, mesh = train_setup(config)
+    labeled, unlabeled = (step_lib.shard_batch(b, mesh) for b in next(batches))
+    before = jax.device_get(state.batch_stats)  # the step donates the state's buffers
+    new_state, metrics = jitted(state, labeled, unlabeled)
+    return before, new_state, metrics
+
+  before, with_patches, metrics = one_step(('supervised', 'mean_teacher', 'plgcl'))
+  _, without, _ = one_step(('supervised', 'mean_teacher'))
+  assert float(metrics['plgcl_weight']) > 0 and float(metrics['plgcl']) > 0
+  chex.assert_trees_all_close(with_patches.batch_stats, without.batch_stats, rtol=1e-6)
+  # ... and the step did update them (the comparison is not between two unchanged trees).
+  changed = jax.tree.map(lambda a, b: bool(jnp.any(a != b)), before, with_patches.batch_stats)
+  assert all(jax.tree.leaves(changed))
