@@ -9,6 +9,7 @@ span several sittings. Runs go seed by seed (every method's seed 0 first), so an
 leaves a complete comparison. The end is `compare`'s table over the validation split (mean ± std
 over seeds; checkpoints are chosen on validation only) and, when every run's data has a test
 split, a second table of each run's best-validation checkpoint on it, never used for any choice.
+`--table-only` prints the tables of the runs finished so far and trains nothing.
 """
 
 from __future__ import annotations
@@ -234,6 +235,9 @@ def parse_args(argv):
   parser.add_argument('--set', action='append', default=[], metavar='KEY=VALUE',
                       help='override a config value in every run')
   parser.add_argument('--no-progress', action='store_true', help='no progress bars')
+  parser.add_argument('--table-only', action='store_true',
+                      help='print the tables of the runs already finished; train nothing (e.g. '
+                      'while another sitting is still training)')
   return parser.parse_args(argv)
 
 
@@ -248,10 +252,12 @@ def main(argv: list[str]) -> int:
       raise ConfigError(f'{args.data_dir}: --data-dir does not exist')
   runs = plan(methods, seeds, args.workdir)
   check_settings(runs, args)
-  os.makedirs(args.workdir, exist_ok=True)
-  with open(os.path.join(args.workdir, 'reproduce.json'), 'w') as f:
-    json.dump({'argv': argv, 'runs': [r.workdir for r in runs]}, f, indent=2)
-  failures = train_all(runs, args)
+  failures = []
+  if not args.table_only:
+    os.makedirs(args.workdir, exist_ok=True)
+    with open(os.path.join(args.workdir, 'reproduce.json'), 'w') as f:
+      json.dump({'argv': argv, 'runs': [r.workdir for r in runs]}, f, indent=2)
+    failures = train_all(runs, args)
   out = tables(runs, os.path.join(args.workdir, 'comparison'))
   for split, text in out.items():
     name = 'validation' if split == 'val' else 'test (best-validation checkpoints, reported only)'

@@ -24,7 +24,8 @@ REPO = pathlib.Path(__file__).resolve().parent.parent
 
 def _args(**kw):
   defaults = dict(suite='acdc', methods=None, seeds='0,1', workdir='W', data_dir='/data',
-                  labeled_num=7, profile='quick', steps=None, set=[], no_progress=True)
+                  labeled_num=7, profile='quick', steps=None, set=[], no_progress=True,
+                  table_only=False)
   return argparse.Namespace(**{**defaults, **kw})
 
 
@@ -127,6 +128,20 @@ def test_table_is_mean_and_std_over_seeds_of_each_runs_volume_mean(tmp_path):
     assert cells[2] == '70.00 ± 10.00', cells
   csv_text = (tmp_path / 'comparison_val.csv').read_text()
   assert 'supervised' in csv_text and 'meanteacher' in csv_text
+
+
+def test_table_only_prints_the_finished_runs_and_trains_nothing(tmp_path, capsys):
+  runs = reproduce.plan(reproduce.select_methods('acdc', 'supervised'), [0], str(tmp_path))
+  _fake_run(pathlib.Path(runs[0].workdir), 'acdc_supervised', 0, [0.6, 0.8])
+  argv = ['--suite', 'acdc', '--methods', 'supervised,meanteacher', '--seeds', '0',
+          '--workdir', str(tmp_path), '--table-only']
+  assert reproduce.main(argv) == 0
+  out = capsys.readouterr().out
+  row = next(line for line in out.splitlines() if line.startswith('| supervised'))
+  assert '70.00 ± 10.00' in row
+  assert '1 of 2 runs unfinished: meanteacher seed 0' in out
+  assert not (tmp_path / 'meanteacher').exists()  # nothing started
+  assert not (tmp_path / 'reproduce.json').exists()  # the training command's record is kept
 
 
 def test_refuses_to_reuse_runs_made_with_other_settings(tmp_path, capsys):
