@@ -55,8 +55,10 @@ def _flat(d: dict, prefix: str = '') -> dict:
 
 
 def flat_config(config) -> dict:
-  """The config as flat `key.sub: value` pairs."""
-  return _flat(config.to_dict())
+  """The config as flat `key.sub: value` pairs, without the blocks of loss terms it does not use
+  (older runs carry every block: two runs differing only there were trained alike)."""
+  unused = config_lib.unused_method_blocks(config)
+  return _flat({k: v for k, v in config.to_dict().items() if k not in unused})
 
 
 def signature(config) -> dict:

@@ -153,6 +153,13 @@ def add_method_blocks(config: ml_collections.ConfigDict, extra=()) -> None:
           config[name] = block
 
 
+def unused_method_blocks(config: ml_collections.ConfigDict) -> tuple[str, ...]:
+  """The config blocks of loss terms that `config` holds but none of its terms uses: runs made
+  before configs held only their own terms' blocks carry every block, which changes nothing."""
+  used = {name for term in methods.resolve(run_terms(config)) for name in term.blocks()}
+  return tuple(key for key in config.keys() if key not in used and _owner_of_block(key))
+
+
 def _owner_of_block(name: str) -> str | None:
   """The term of the table whose config block is `name`, if any."""
   for term in methods.TERMS.values():

@@ -74,6 +74,28 @@ def test_ablations_are_named_by_the_setting_that_differs(tmp_path):
                                          'acdc_meanteacher (optimizer.lr=0.1)']
 
 
+def test_blocks_of_unused_terms_do_not_split_seeds(tmp_path):
+  # Runs made before configs held only their own terms' blocks carry every method's block; such
+  # a run and a newer one of the same settings are seeds of one configuration, named plainly.
+  old, new = _run(tmp_path / 'old', seed=0), _run(tmp_path / 'new', seed=1)
+  config = config_lib.read_run_config(str(old))
+  config_lib.add_method_blocks(config, extra=('plgcl', 'mean_teacher'))  # plgcl unused here
+  (old / 'config.json').write_text(config_lib.to_json(config))
+  assert 'plgcl' in config_lib.read_run_config(str(old))
+  rows, _ = compare.table_rows([compare.read_run(str(p), None) for p in (old, new)])
+  assert [(r['method'], r['seeds']) for r in rows] == [('acdc_meanteacher', 2)]
+  # A setting of a term the run does use still tells runs apart.
+  config.mean_teacher.weight = 0.5
+  config.losses = ('supervised', 'mean_teacher')
+  (old / 'config.json').write_text(config_lib.to_json(config))
+  new_config = config_lib.read_run_config(str(new))
+  new_config.losses = ('supervised', 'mean_teacher')
+  config_lib.add_method_blocks(new_config)
+  (new / 'config.json').write_text(config_lib.to_json(new_config))
+  rows, _ = compare.table_rows([compare.read_run(str(p), None) for p in (old, new)])
+  assert len(rows) == 2 and 'mean_teacher.weight=0.5' in rows[0]['method'] + rows[1]['method']
+
+
 def test_cli_writes_markdown_and_csv(tmp_path):
   a = _run(tmp_path / 'a')
   b = _run(tmp_path / 'b', experiment='acdc_plgcl', wall=3725.0)
