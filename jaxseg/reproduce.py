@@ -50,6 +50,10 @@ SUITES: dict[str, tuple[Method, ...]] = {
         # A control, not in the paper: PLGCL's recipe (its optimizer, CE, augmentations) on the
         # labeled images alone, which tells the optimizer's share from the unlabeled terms'.
         Method('plgcl_labeled_only', 'acdc_plgcl', ("losses=('supervised',)",)),
+        # Its upper bound: the same recipe with every training patient labeled (the SSL4MIS
+        # fully supervised row keeps SSL4MIS's SGD recipe).
+        Method('plgcl_fullysupervised', 'acdc_plgcl', ("losses=('supervised',)",
+                                                       'data.labeled_num=70'), all_labeled=True),
         # A probe, not in the paper: the PLGCL term on the whole-image bottleneck pooled over each
         # cell (what the decoder reads) instead of the attended patches encoded on their own;
         # BUILD_NOTES.md, "Where the PLGCL term's learning goes".
