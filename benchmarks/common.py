@@ -64,6 +64,21 @@ def time_compiled(compiled, args, repeats: int, warmup: int = 1) -> list[float]:
   return times
 
 
+def alternate(calls: dict, warmup: int, repeats: int) -> dict[str, float]:
+  """Median ms of each zero-argument callable (each awaits its own result), the timed calls
+  interleaved round-robin after the warm-up, so a load on a shared machine falls on all alike."""
+  for fn in calls.values():
+    for _ in range(warmup):
+      fn()
+  times = {name: [] for name in calls}
+  for _ in range(repeats):
+    for name, fn in calls.items():
+      start = time.perf_counter()
+      fn()
+      times[name].append(time.perf_counter() - start)
+  return {name: 1e3 * statistics.median(t) for name, t in times.items()}
+
+
 def median(times: list[float]) -> float:
   return statistics.median(times)
 

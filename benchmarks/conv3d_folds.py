@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO_ROOT not in sys.path:
@@ -26,7 +25,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from common import machine_info  # noqa: E402
+from common import alternate, machine_info  # noqa: E402
 from jaxseg.models import layers  # noqa: E402
 
 PADS = ((1, 1),) * 3
@@ -76,13 +75,8 @@ def main(argv=None) -> int:
         error = float(jnp.max(jnp.abs(got - want)) / jnp.max(jnp.abs(want)))
         if error > 1e-4:
           raise AssertionError(f'{name} differs from the input fold by {error:.2e}')
-    times = {name: [] for name in fns}
-    for _ in range(args.repeats):
-      for name, fn in fns.items():
-        start = time.perf_counter()
-        jax.block_until_ready(fn(x, w))
-        times[name].append(time.perf_counter() - start)
-    cells = ' | '.join(f'{np.median(t) * 1e3:.0f}' for t in times.values())
+    calls = {name: lambda fn=fn: jax.block_until_ready(fn(*(x, w))) for name, fn in fns.items()}
+    cells = ' | '.join(f'{ms:.0f}' for ms in alternate(calls, 0, args.repeats).values())
     print(f'| {b}x{d}x{h}x{wd}, {c} -> {o} | {cells} |', flush=True)
   return 0
 

@@ -28,7 +28,6 @@ import argparse
 import datetime
 import json
 import os
-import statistics
 import sys
 import time
 
@@ -49,7 +48,7 @@ import numpy as np  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 import torch_reference as ref  # noqa: E402
-from common import machine_info  # noqa: E402
+from common import alternate, machine_info  # noqa: E402
 from jaxseg import config as config_lib  # noqa: E402
 from jaxseg.errors import JaxsegError  # noqa: E402
 from jaxseg.models import build_model  # noqa: E402
@@ -97,24 +96,6 @@ def parse_args(argv):
   if len(args.crop) != 3 or any(s % 16 for s in args.crop):
     p.error(f'--crop {args.crop}: three sides, each a multiple of 16')
   return args
-
-
-def median_ms(times):
-  return 1e3 * statistics.median(times)
-
-
-def alternate(calls: dict, warmup: int, repeats: int) -> dict:
-  """Median ms of each callable, the timed calls interleaved round-robin after the warm-up."""
-  for fn in calls.values():
-    for _ in range(warmup):
-      fn()
-  times = {name: [] for name in calls}
-  for _ in range(repeats):
-    for name, fn in calls.items():
-      t = time.perf_counter()
-      fn()
-      times[name].append(time.perf_counter() - t)
-  return {name: median_ms(t) for name, t in times.items()}
 
 
 # ---------------------------------------------------------------------------------------------

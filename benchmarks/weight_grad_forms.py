@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO_ROOT not in sys.path:
@@ -33,7 +32,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from jax import lax  # noqa: E402
 
-from common import machine_info  # noqa: E402
+from common import alternate, machine_info  # noqa: E402
 
 KERNEL = 3
 CHUNKS = 8
@@ -109,13 +108,8 @@ def main(argv=None) -> int:
       error = float(jnp.max(jnp.abs(fn(x, dy) - reference))) / scale
       if error > 1e-4:
         raise AssertionError(f'{name} differs from XLA by {error:.2e} at {(b, h, w, c, o)}')
-    times = {name: [] for name in forms}
-    for _ in range(args.repeats):
-      for name, fn in forms.items():
-        start = time.perf_counter()
-        fn(x, dy).block_until_ready()
-        times[name].append(time.perf_counter() - start)
-    cells = ' | '.join(f'{np.median(t) * 1e3:.0f}' for t in times.values())
+    calls = {name: lambda fn=fn: jax.block_until_ready(fn(*(x, dy))) for name, fn in forms.items()}
+    cells = ' | '.join(f'{ms:.0f}' for ms in alternate(calls, 0, args.repeats).values())
     print(f'| {b}x{h}x{w}x{c} -> {o} | {cells} |', flush=True)
   return 0
 
