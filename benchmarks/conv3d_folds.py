@@ -75,7 +75,7 @@ def main(argv=None) -> int:
         error = float(jnp.max(jnp.abs(got - want)) / jnp.max(jnp.abs(want)))
         if error > 1e-4:
           raise AssertionError(f'{name} differs from the input fold by {error:.2e}')
-    calls = {name: lambda fn=fn: jax.block_until_ready(fn(*(x, w))) for name, fn in fns.items()}
+    calls = {name: lambda fn=fn: jax.block_until_ready(fn(x, w)) for name, fn in fns.items()}
     cells = ' | '.join(f'{ms:.0f}' for ms in alternate(calls, 0, args.repeats).values())
     print(f'| {b}x{d}x{h}x{wd}, {c} -> {o} | {cells} |', flush=True)
   return 0

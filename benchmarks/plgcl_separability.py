@@ -73,7 +73,10 @@ def features(run, images: np.ndarray, labels: np.ndarray, batch: int, patch: int
   def one_batch(image_BHW, label_BHW):
     conf = jax.nn.one_hot(label_BHW, k)
     stats = plgcl.patch_statistics(image_BHW, conf, patch, 'per_class')
-    keys = plgcl.make_keys(stats, 'per_class', None, patches_per_class=image_BHW.shape[0] * 64)
+    # Every cell a class is present in is a key of that class (no sampling): as many slots per
+    # class as the batch has cells, whatever --patch is.
+    num_cells = stats['avg_BPK'].shape[0] * stats['avg_BPK'].shape[1]
+    keys = plgcl.make_keys(stats, 'per_class', None, patches_per_class=num_cells)
     patches = keys['patch_MS'].reshape(-1, patch, patch, 1)
     pooled, _ = patch_model.apply(variables, patches, method=encode_patches,
                                   mutable=['batch_stats'])

@@ -108,7 +108,7 @@ def main(argv=None) -> int:
       error = float(jnp.max(jnp.abs(fn(x, dy) - reference))) / scale
       if error > 1e-4:
         raise AssertionError(f'{name} differs from XLA by {error:.2e} at {(b, h, w, c, o)}')
-    calls = {name: lambda fn=fn: jax.block_until_ready(fn(*(x, dy))) for name, fn in forms.items()}
+    calls = {name: lambda fn=fn: jax.block_until_ready(fn(x, dy)) for name, fn in forms.items()}
     cells = ' | '.join(f'{ms:.0f}' for ms in alternate(calls, 0, args.repeats).values())
     print(f'| {b}x{h}x{w}x{c} -> {o} | {cells} |', flush=True)
   return 0
