@@ -13,6 +13,7 @@ config.json holds no other method's block. An experiment file returns one config
 from __future__ import annotations
 
 import ast
+import contextvars
 import importlib.util
 import json
 import os
@@ -222,9 +223,15 @@ def experiment_profiles(module, name: str) -> tuple[str, ...]:
   return tuple(profiles.get(name, DEFAULT_PROFILES) if isinstance(profiles, dict) else profiles)
 
 
-def load_experiment(name: str, profile: str) -> ml_collections.ConfigDict:
+def load_experiment(name: str, profile: str, *,
+                    quick_steps: int | None = None) -> ml_collections.ConfigDict:
   """Imports the experiment's file and returns its `get_config(profile)` (with the name as a
-  second argument in a file of several experiments)."""
+  second argument in a file of several experiments). `quick_steps` builds the quick profile at
+  that budget instead of QUICK_STEPS, its schedules scaled to it by the profile's one rule (what
+  `--steps` means with `--profile quick`; setting only the step count would keep the schedules
+  of the 1,500-step budget)."""
+  if quick_steps is not None and profile != 'quick':
+    raise ValueError(f'quick_steps is for the quick profile, not {profile!r}')
   path, name = find_experiment(name)
   module = experiment_module(str(path))
   profiles = experiment_profiles(module, name)
@@ -232,7 +239,13 @@ def load_experiment(name: str, profile: str) -> ml_collections.ConfigDict:
     raise ConfigError(f'experiment {name} has no {profile!r} profile '
                       f'(it has: {", ".join(profiles)})')
   several = hasattr(module, 'EXPERIMENTS')
-  config = module.get_config(profile, name) if several else module.get_config(profile)
+  # The budget reaches `quick_profile`, deep in the experiment's own code, without every
+  # experiment threading it through its helpers.
+  token = _QUICK_BUDGET.set(quick_steps or QUICK_STEPS)
+  try:
+    config = module.get_config(profile, name) if several else module.get_config(profile)
+  finally:
+    _QUICK_BUDGET.reset(token)
   config.experiment = name
   add_method_blocks(config)  # the blocks of stage terms the experiment did not name up front
   return config
@@ -461,6 +474,11 @@ QUICK_STEPS = 1500
 QUICK_IMAGE_SIZE = 128
 QUICK_BATCH = 6  # labeled and unlabeled images per step, each
 QUICK_EVAL_EVERY = 100
+# The budget `quick_profile` builds at when not told: QUICK_STEPS unless `load_experiment` was
+# given another.
+_QUICK_BUDGET = contextvars.ContextVar('quick_budget', default=QUICK_STEPS)
+
+
 def scale_schedules(config: ml_collections.ConfigDict, scale: float, *,
                     ema: bool = True) -> None:
   """The one rule that shrinks a protocol to a smaller step budget: every schedule counted in
@@ -474,7 +492,7 @@ def scale_schedules(config: ml_collections.ConfigDict, scale: float, *,
     term.scale_schedules(config, scale, ema)
 
 
-def quick_profile(config: ml_collections.ConfigDict, steps: int = QUICK_STEPS,
+def quick_profile(config: ml_collections.ConfigDict, steps: int | None = None,
                   image_size: int = QUICK_IMAGE_SIZE,
                   batch: int = QUICK_BATCH) -> ml_collections.ConfigDict:
   """The paper protocol of a 2D ACDC experiment on real data, reduced to one shared budget.
@@ -484,7 +502,9 @@ def quick_profile(config: ml_collections.ConfigDict, steps: int = QUICK_STEPS,
   labeled ones), step budget and validation cadence; its optimizer, losses and weights stay the
   paper's, and its schedules shrink by `scale_schedules` with scale = budget / paper budget.
   Sizes in pixels that belong to a method (patch and block sizes) are the experiment's to scale.
+  `steps` defaults to the budget `load_experiment` asked for (QUICK_STEPS unless told).
   """
+  steps = steps or _QUICK_BUDGET.get()
   scale_schedules(config, steps / total_steps(config))
   set_total_steps(config, steps)
   config.data.image_size = image_size

@@ -235,7 +235,9 @@ def parse_args(argv):
   parser.add_argument('--labeled-num', type=int, help='labeled patients (not for fully supervised)')
   parser.add_argument('--profile', choices=('paper', 'quick', 'cpu'),
                       help='as jaxseg.run (default: paper with --data-dir, else cpu)')
-  parser.add_argument('--steps', type=int, help='training steps of every run')
+  parser.add_argument('--steps', type=int,
+                      help='training steps of every run (as jaxseg.run: with --profile quick, '
+                           'the budget its schedules are scaled to)')
   parser.add_argument('--set', action='append', default=[], metavar='KEY=VALUE',
                       help='override a config value in every run')
   parser.add_argument('--no-progress', action='store_true', help='no progress bars')

@@ -36,7 +36,10 @@ def parse_args(argv):
                       help='paper: the published protocol (default with --data-dir); quick: the '
                            'reduced real-data protocol shared by the 2D ACDC methods; cpu: the '
                            'synthetic phantom (default without --data-dir)')
-  parser.add_argument('--steps', type=int, help='training steps')
+  parser.add_argument('--steps', type=int,
+                      help='training steps; with --profile quick the budget of its protocol, '
+                           'every schedule scaled to it by the profile\'s rule; with --resume, '
+                           'the total to extend a finished run to')
   parser.add_argument('--workdir', help='run directory (default: runs/EXPERIMENT-TIMESTAMP)')
   parser.add_argument('--resume', action='store_true', help='continue the run in --workdir')
   parser.add_argument('--set', action='append', default=[], metavar='KEY=VALUE',
@@ -72,7 +75,10 @@ def resolve_profile(args) -> str:
 
 def resolve_config(args):
   profile = resolve_profile(args)
-  config = config_lib.load_experiment(args.experiment, profile)
+  # With the quick profile --steps is the profile's budget (schedules scaled to it); with the
+  # others it is the step count alone, the schedules staying the protocol's.
+  quick_steps = args.steps if profile == 'quick' and not args.resume else None
+  config = config_lib.load_experiment(args.experiment, profile, quick_steps=quick_steps)
   config_lib.apply_overrides(config, args.set)
   with config.unlocked():
     if args.data_dir:

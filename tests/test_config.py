@@ -94,6 +94,30 @@ def test_an_old_run_config_with_every_block_stays_readable(tmp_path):
   assert config.mean_teacher.teacher_noise_clip == 0.2 and 'plgcl' not in config
 
 
+def test_the_quick_profile_at_another_budget_scales_every_schedule_to_it():
+  """`--steps N` with `--profile quick` is the quick protocol at N steps: every schedule scaled
+  from the paper's by the same rule, not the 1,500-step profile's schedules with a new step
+  count (which a 2x budget would leave warming up and ramping over its first half)."""
+  base = config_lib.load_experiment('acdc_plgcl', 'quick')
+  double = config_lib.load_experiment('acdc_plgcl', 'quick', quick_steps=2 * config_lib.QUICK_STEPS)
+  schedules = lambda c: (config_lib.total_steps(c), c.plgcl.warmup_steps, c.ema.decay,
+                         c.mean_teacher.rampup_interval, c.optimizer.decay_every)
+  # PLGCL's paper: 30,000 steps, warm-up 7,350, EMA horizon 1,000, ramp interval 150, decay 2,500.
+  assert schedules(base) == pytest.approx((1500, 367, 0.98, 7, 125))
+  assert schedules(double) == pytest.approx((3000, 735, 0.99, 15, 250))
+  # Everything else is the quick profile's (image size, patch, the quick learning rate).
+  assert (double.data.image_size, double.plgcl.patch, double.optimizer.lr) == (
+      base.data.image_size, base.plgcl.patch, base.optimizer.lr)
+  # The budget does not leak into the next load; stages keep their proportions.
+  assert config_lib.total_steps(config_lib.load_experiment('acdc_plgcl', 'quick')) == 1500
+  staged = config_lib.load_experiment('acdc_hu_block', 'quick', quick_steps=3000)
+  quick = config_lib.load_experiment('acdc_hu_block', 'quick')
+  doubled = [staged.stages[n].steps - 2 * quick.stages[n].steps for n in quick.stage_order]
+  assert config_lib.total_steps(staged) == 3000 and max(map(abs, doubled)) <= 1  # rounding
+  with pytest.raises(ValueError, match='quick profile'):
+    config_lib.load_experiment('acdc_plgcl', 'paper', quick_steps=3000)
+
+
 def test_scale_schedules_is_one_rule_over_the_run_terms():
   config = config_lib.base_config(losses=('supervised', 'mean_teacher', 'plgcl'))
   config.plgcl.warmup_steps = 1000

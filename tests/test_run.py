@@ -55,6 +55,17 @@ def _existing_run_dir(tmp_path: pathlib.Path) -> pathlib.Path:
 # --- bad data found before anything runs ------------------------------------------------
 
 
+def test_steps_with_the_quick_profile_is_its_budget(tmp_path):
+  """`--steps` with `--profile quick` scales the schedules to the new budget; with `paper` it
+  sets the step count alone, the paper's schedules kept."""
+  common = ['--experiment', 'acdc_plgcl', '--data-dir', str(tmp_path), '--steps', '3000']
+  quick, _ = run.resolve_config(run.parse_args(common + ['--profile', 'quick']))
+  assert (config_lib.total_steps(quick), quick.plgcl.warmup_steps, quick.ema.decay) == (
+      3000, 735, pytest.approx(0.99))
+  paper, _ = run.resolve_config(run.parse_args(common + ['--profile', 'paper']))
+  assert (config_lib.total_steps(paper), paper.plgcl.warmup_steps) == (3000, 7350)
+
+
 def test_data_dir_does_not_exist(tmp_path):
   rc, _, err = call_run(tmp_path / 'nowhere', tmp_path / 'run', *TINY)
   error_line(rc, err, tmp_path / 'nowhere', 'does not exist')
