@@ -35,6 +35,9 @@ class Method:
   experiment: str
   overrides: tuple[str, ...] = ()
   all_labeled: bool = False  # ignores --labeled-num (the fully supervised upper bound)
+  # Its overrides drop stages of a staged experiment: the stages left train the experiment's
+  # whole budget (a control trains as long as the method it controls).
+  whole_budget: bool = False
 
 
 SUITES: dict[str, tuple[Method, ...]] = {
@@ -61,6 +64,13 @@ SUITES: dict[str, tuple[Method, ...]] = {
                ('plgcl.embedding=regions', 'plgcl.assign=foreground')),
         Method('lclpl', 'acdc_lclpl'),
         Method('hu_block', 'acdc_hu_block'),
+        # Controls, not in the papers, as plgcl_labeled_only: each method's supervised stage
+        # (its optimizer, loss, batch and augmentations) alone for the whole budget, which
+        # tells what its unlabeled stages add from what its recipe does.
+        Method('lclpl_labeled_only', 'acdc_lclpl', ("stage_order=('supervised',)",),
+               whole_budget=True),
+        Method('hu_labeled_only', 'acdc_hu_block', ("stage_order=('finetune',)",),
+               whole_budget=True),
     ),
 }
 
@@ -124,8 +134,12 @@ def run_command(run: Run, args) -> list[str]:
     cmd += ['--profile', args.profile]
   if args.labeled_num is not None and not run.method.all_labeled:
     cmd += ['--labeled-num', str(args.labeled_num)]
-  if args.steps is not None:
-    cmd += ['--steps', str(args.steps)]
+  steps = args.steps
+  if steps is None and run.method.whole_budget:
+    steps = config_lib.total_steps(
+        config_lib.load_experiment(run.method.experiment, run_lib.resolve_profile(args)))
+  if steps is not None:
+    cmd += ['--steps', str(steps)]
   for override in (*run.method.overrides, *args.set, f'seed={run.seed}'):
     cmd += ['--set', override]
   if run.status() == 'partial':

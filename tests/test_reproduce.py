@@ -18,6 +18,7 @@ import pytest
 from conftest import write_ssl4mis_tree
 from jaxseg import config as config_lib
 from jaxseg import reproduce
+from jaxseg import run as run_lib
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 
@@ -64,10 +65,13 @@ def test_command_lines(tmp_path):
   assert '--labeled-num' not in cmd and cmd[-2:] == ['--resume', '--no-progress']
 
 
-def test_every_suite_method_resolves_its_quick_config():
+def test_every_suite_method_resolves_its_quick_config(tmp_path):
+  """Through the command line the runner writes: one budget for every method, controls whose
+  overrides drop stages included."""
   for method in reproduce.SUITES['acdc']:
-    config = config_lib.load_experiment(method.experiment, 'quick')
-    config_lib.apply_overrides(config, list(method.overrides))
+    run = reproduce.Run(method, 0, str(tmp_path / method.name))
+    cmd = reproduce.run_command(run, _args(data_dir=str(tmp_path)))
+    config, _ = run_lib.resolve_config(run_lib.parse_args(cmd[3:]))
     # One budget, image size, batch and validation cadence for every method.
     assert config_lib.total_steps(config) == config_lib.QUICK_STEPS, method
     assert config.data.image_size == config_lib.QUICK_IMAGE_SIZE, method
@@ -78,6 +82,17 @@ def test_every_suite_method_resolves_its_quick_config():
   no_plgcl = config_lib.load_experiment('acdc_plgcl', 'quick')
   config_lib.apply_overrides(no_plgcl, list(reproduce.SUITES['acdc'][4].overrides))
   assert tuple(no_plgcl.losses) == ('supervised', 'mean_teacher')
+  # The controls train their method's supervised stage alone, with that stage's recipe.
+  methods = {m.name: m for m in reproduce.SUITES['acdc']}
+  for name, stage, lr in (('lclpl_labeled_only', 'supervised', 1e-3),
+                          ('hu_labeled_only', 'finetune', 5e-4)):
+    cmd = reproduce.run_command(reproduce.Run(methods[name], 0, str(tmp_path / 'c')),
+                                _args(data_dir=str(tmp_path)))
+    config, _ = run_lib.resolve_config(run_lib.parse_args(cmd[3:]))
+    assert tuple(config.stage_order) == (stage,), name
+    only = config_lib.stage_config(config, stage)
+    assert (only.steps, tuple(only.losses), only.optimizer.lr) == (
+        config_lib.QUICK_STEPS, ('supervised',), lr), name
 
 
 @pytest.mark.parametrize('argv, words', [
