@@ -138,17 +138,22 @@ def start_from(state: TrainState, variables: dict[str, Any],
   return with_new_teacher(new) if state.teacher_params is not None else new
 
 
-def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
-                    config: ml_collections.ConfigDict, terms: list[LossTerm] | None = None):
-  """Returns the pure (not yet jitted) train step summing `terms` (default: the table's terms
-  `config.losses` names)."""
-  terms = methods.resolve(tuple(config.losses)) if terms is None else terms
+def _check_blocks(config, terms: list[LossTerm]) -> None:
   for term in terms:
     missing = sorted(set(term.blocks()) - set(config.keys()))
     if missing:
       raise ConfigError(f'losses: {term.name!r} reads config block(s) {", ".join(missing)}, which '
                         'this config lacks (build it with config.base_config(losses=...) or '
                         'add them with config.add_method_blocks)')
+
+
+def _make_forward(model: nn.Module, config: ml_collections.ConfigDict, terms: list[LossTerm]):
+  """The forward pass of one step, shared by the train step and `make_term_gradients` so that
+  both see the same images, random numbers and batch statistics:
+    teacher(state, labeled, unlabeled) -> (rngs, teacher outputs, teacher batch statistics)
+    terms(params, state, labeled, unlabeled, rngs, teacher outputs)
+        -> ((value of each term,), metrics, new batch statistics)"""
+  _check_blocks(config, terms)
   needs = streams(config, terms)
   teacher = teacher_of(terms)
   dtype = compute_dtype(config)
@@ -160,46 +165,66 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
         train=True, method=method, mutable=['batch_stats'], rngs={'dropout': rng})
     return cast_floats(outputs, jnp.float32), new_vars
 
-  def train_step(state: TrainState, labeled, unlabeled):
-    labeled, unlabeled = as_labeled(labeled), as_unlabeled(unlabeled)
+  def teacher_forward(state: TrainState, labeled, unlabeled):
     rng = jax.random.fold_in(state.rng, state.step)
-    student_rng, teacher_rng, noise_rng, term_rng, extra_rng = jax.random.split(rng, 5)
-    num_labeled = labeled.image.shape[0] if needs.labeled else 0
-
+    rngs = jax.random.split(rng, 5)  # student, teacher, noise, term, extra passes
     teacher_out, teacher_batch_stats = None, state.teacher_batch_stats
     if teacher is not None:
-      teacher_in = teacher.input_fn(unlabeled, noise_rng, config)
+      teacher_in = teacher.input_fn(unlabeled, rngs[2], config)
       # SSL4MIS leaves the teacher in train mode: batch statistics and dropout.
       teacher_out, teacher_vars = apply_model(state.teacher_params, state.teacher_batch_stats,
-                                              teacher_in[..., None], teacher_rng)
+                                              teacher_in[..., None], rngs[1])
       teacher_out = jax.lax.stop_gradient(teacher_out)
       teacher_batch_stats = teacher_vars['batch_stats']
+    return rngs, teacher_out, teacher_batch_stats
 
+  def term_values(params, state: TrainState, labeled, unlabeled, rngs, teacher_out):
+    student_rng, _, _, term_rng, extra_rng = rngs
+    num_labeled = labeled.image.shape[0] if needs.labeled else 0
     # One forward over labeled + unlabeled, as SSL4MIS: batch norm sees both.
     images = jnp.concatenate(
         ([labeled.image] if needs.labeled else [])
         + ([unlabeled.image_strong] if needs.unlabeled else []), axis=0)
+    outputs, new_vars = apply_model(params, state.batch_stats, images[..., None], student_rng)
+    split = lambda tree, part: jax.tree.map(
+        lambda x: x[:num_labeled] if part == 0 else x[num_labeled:], tree)
+
+    def apply(x, method=None):
+      return apply_model(params, state.batch_stats, x, extra_rng, method)[0]
+
+    out = StepOutputs(
+        labeled=labeled, unlabeled=unlabeled,
+        student_labeled=split(outputs, 0) if needs.labeled else None,
+        student_unlabeled=split(outputs, 1) if needs.unlabeled else None,
+        teacher_unlabeled=teacher_out, step=state.step, apply=apply, rng=term_rng)
+    values, metrics = [], {}
+    for term in terms:
+      value, term_metrics = term.fn(out, config)
+      values.append(value)
+      metrics.update(term_metrics)
+    return tuple(values), metrics, new_vars['batch_stats']
+
+  return teacher_forward, term_values
+
+
+def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
+                    config: ml_collections.ConfigDict, terms: list[LossTerm] | None = None):
+  """Returns the pure (not yet jitted) train step summing `terms` (default: the table's terms
+  `config.losses` names)."""
+  terms = methods.resolve(tuple(config.losses)) if terms is None else terms
+  teacher = teacher_of(terms)
+  teacher_forward, term_values = _make_forward(model, config, terms)
+
+  def train_step(state: TrainState, labeled, unlabeled):
+    labeled, unlabeled = as_labeled(labeled), as_unlabeled(unlabeled)
+    rngs, teacher_out, teacher_batch_stats = teacher_forward(state, labeled, unlabeled)
 
     def loss_fn(params):
-      outputs, new_vars = apply_model(params, state.batch_stats, images[..., None], student_rng)
-      split = lambda tree, part: jax.tree.map(
-          lambda x: x[:num_labeled] if part == 0 else x[num_labeled:], tree)
-
-      def apply(x, method=None):
-        return apply_model(params, state.batch_stats, x, extra_rng, method)[0]
-
-      out = StepOutputs(
-          labeled=labeled, unlabeled=unlabeled,
-          student_labeled=split(outputs, 0) if needs.labeled else None,
-          student_unlabeled=split(outputs, 1) if needs.unlabeled else None,
-          teacher_unlabeled=teacher_out, step=state.step, apply=apply, rng=term_rng)
-      total, metrics = jnp.zeros((), jnp.float32), {}
-      for term in terms:
-        value, term_metrics = term.fn(out, config)
-        total = total + value
-        metrics.update(term_metrics)
+      values, metrics, batch_stats = term_values(params, state, labeled, unlabeled, rngs,
+                                                 teacher_out)
+      total = sum(values, jnp.zeros((), jnp.float32))
       metrics['loss'] = total
-      return total, (metrics, new_vars['batch_stats'])
+      return total, (metrics, batch_stats)
 
     grads, (metrics, batch_stats) = jax.grad(loss_fn, has_aux=True)(state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
@@ -217,6 +242,28 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
     return new_state, metrics
 
   return train_step
+
+
+def make_term_gradients(model: nn.Module, config: ml_collections.ConfigDict,
+                        terms: list[LossTerm] | None = None):
+  """Returns the pure function `(state, labeled, unlabeled) -> {term name: gradient}`: each
+  term's own (weighted) gradient with respect to the parameters at the forward pass the train
+  step at `state` would make (the same images, random numbers and batch statistics). Their sum
+  is the train step's gradient. A diagnostic (which term drives the update), not for training."""
+  terms = methods.resolve(tuple(config.losses)) if terms is None else terms
+  teacher_forward, term_values = _make_forward(model, config, terms)
+
+  def term_gradients(state: TrainState, labeled, unlabeled):
+    labeled, unlabeled = as_labeled(labeled), as_unlabeled(unlabeled)
+    rngs, teacher_out, _ = teacher_forward(state, labeled, unlabeled)
+    values = lambda params: jnp.stack(
+        term_values(params, state, labeled, unlabeled, rngs, teacher_out)[0])
+    # One forward, one backward per term.
+    jacobian = jax.jacrev(values)(state.params)
+    return {term.name: jax.tree.map(lambda g, i=i: g[i], jacobian)
+            for i, term in enumerate(terms)}
+
+  return term_gradients
 
 
 def abstract_state(model: nn.Module, tx: optax.GradientTransformation, config) -> TrainState:

@@ -268,3 +268,28 @@ def test_a_term_without_its_config_block_is_one_clear_error():
     step_lib.make_train_step(model, tx, config)
   config_lib.add_method_blocks(config)
   step_lib.make_train_step(model, tx, config)
+
+
+def test_term_gradients_sum_to_the_train_steps_gradient():
+  """`make_term_gradients` splits the step's gradient by term at the same forward pass: with SGD
+  at lr 1 the step moves the parameters by minus the sum of the terms' gradients; each term's
+  gradient is its own (the PLGCL term's is not the supervised one's)."""
+  config = tiny_config('acdc_plgcl')
+  with config.unlocked():
+    config.optimizer.update(name='sgd', lr=1.0, momentum=0.0, weight_decay=0.0,
+                            schedule='constant')
+    config.plgcl.warmup_steps = 0  # the term on at step 0
+  model, jitted, state, batches, mesh = train_setup(config)
+  assert [t for t in config.losses] == ['supervised', 'mean_teacher', 'plgcl']
+  labeled, unlabeled = next(batches)
+  grads = jax.jit(step_lib.make_term_gradients(model, config))(state, labeled, unlabeled)
+  assert set(grads) == {'supervised', 'mean_teacher', 'plgcl'}
+  before = jax.device_get(state.params)
+  new_state, _ = jitted(state, *(step_lib.shard_batch(b, mesh) for b in (labeled, unlabeled)))
+  step = jax.tree.map(lambda a, b: np.asarray(a) - np.asarray(b), before,
+                      jax.device_get(new_state.params))
+  total = jax.tree.map(lambda *g: sum(np.asarray(x) for x in g), *grads.values())
+  chex.assert_trees_all_close(step, total, atol=1e-5, rtol=1e-4)
+  norm = lambda tree: float(np.sqrt(sum(np.sum(np.square(x)) for x in jax.tree.leaves(tree))))
+  assert norm(grads['plgcl']) > 0 and norm(grads['supervised']) > 0
+  assert norm(jax.tree.map(np.subtract, grads['plgcl'], grads['supervised'])) > 0
