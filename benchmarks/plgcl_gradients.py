@@ -58,8 +58,7 @@ def flat(tree) -> np.ndarray:
 
 
 def cosine(a: np.ndarray, b: np.ndarray) -> float:
-  denominator = np.linalg.norm(a) * np.linalg.norm(b)
-  return float(a @ b / denominator) if denominator > 0 else float('nan')
+  return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
 
 
 def measure(run, config, trained: tuple[str, ...], num_batches: int) -> dict:
@@ -81,7 +80,8 @@ def measure(run, config, trained: tuple[str, ...], num_batches: int) -> dict:
       sup = g['supervised']
       if not sup.any():  # the projection head: the supervised loss does not reach it
         continue
-      row.setdefault('cos(sup, plgcl)', []).append(cosine(sup, g[PROBE]))
+      if g[PROBE].any():  # the decoder: the PLGCL term does not reach it
+        row.setdefault('cos(sup, plgcl)', []).append(cosine(sup, g[PROBE]))
       if module in previous_sup:
         row.setdefault("cos(sup, sup')", []).append(cosine(sup, previous_sup[module]))
       previous_sup[module] = sup
