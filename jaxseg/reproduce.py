@@ -9,14 +9,19 @@ span several sittings. Runs go seed by seed (every method's seed 0 first), so an
 leaves a complete comparison. The end is `compare`'s table over the validation split (mean ± std
 over seeds; checkpoints are chosen on validation only) and, when every run's data has a test
 split, a second table of each run's best-validation checkpoint on it, never used for any choice.
-`--table-only` prints the tables of the runs finished so far and trains nothing.
+`--table-only` prints the tables of the runs finished so far and trains nothing. `--export DIR`
+copies each finished run's record (its config, results and training log; no checkpoints) into
+`DIR/<method>/seed_<s>`, small enough to commit, so the table can be printed again from `DIR`
+with `--table-only` after the workdir is gone.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import filecmp
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -239,6 +244,36 @@ def tables(runs: list[Run], output_prefix: str) -> dict[str, str]:
   return out
 
 
+# What a finished run's numbers and curves are read from (compare, report): small, unlike its
+# checkpoints.
+RECORD_FILES = ('config.json', 'results.json', 'metrics.jsonl')
+
+
+def export_records(runs: list[Run], workdir: str, dest: str) -> int:
+  """Copies the records of the finished runs to `dest`, laid out as a workdir; returns how many
+  runs were copied. Refuses (before copying anything) where `dest` already holds a different file
+  of the same name: an exported record is evidence and is never overwritten."""
+  copies = []
+  for run in runs:
+    if run.status() != 'finished':
+      continue
+    target = os.path.join(dest, os.path.relpath(run.workdir, workdir))
+    for name in RECORD_FILES:
+      source = os.path.join(run.workdir, name)
+      if not os.path.isfile(source):
+        continue  # metrics.jsonl is absent for runs made before it was written
+      copies.append((source, os.path.join(target, name)))
+  clashes = [t for s, t in copies if os.path.exists(t) and not filecmp.cmp(s, t, shallow=False)]
+  if clashes:
+    raise ConfigError(f'{clashes[0]}: already exported with other content '
+                      f'({len(clashes)} file(s) differ); export to another folder '
+                      '(nothing was copied)')
+  for source, target in copies:
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    shutil.copyfile(source, target)
+  return len({os.path.dirname(t) for _, t in copies})
+
+
 def parse_args(argv):
   parser = cli.parser('jaxseg.reproduce', __doc__)
   parser.add_argument('--suite', required=True, help=f'known: {", ".join(SUITES)}')
@@ -258,6 +293,9 @@ def parse_args(argv):
   parser.add_argument('--table-only', action='store_true',
                       help='print the tables of the runs already finished; train nothing (e.g. '
                       'while another sitting is still training)')
+  parser.add_argument('--export', metavar='DIR',
+                      help='copy the finished runs\' records (config, results, training log; no '
+                           'checkpoints) into DIR, laid out as --workdir; never overwrites')
   return parser.parse_args(argv)
 
 
@@ -282,6 +320,9 @@ def main(argv: list[str]) -> int:
   for split, text in out.items():
     name = 'validation' if split == 'val' else 'test (best-validation checkpoints, reported only)'
     print(f'\n## {args.suite}: {name}\n\n{text}', flush=True)
+  if args.export:
+    count = export_records(runs, args.workdir, args.export)
+    print(f'\nexported the records of {count} finished run(s) to {args.export}', flush=True)
   unfinished = [r for r in runs if r.status() != 'finished']
   if unfinished:
     print(f'\n{len(unfinished)} of {len(runs)} runs unfinished: '

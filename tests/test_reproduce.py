@@ -7,6 +7,7 @@ import argparse
 import json
 import os
 import pathlib
+import shutil
 import signal
 import subprocess
 import sys
@@ -26,7 +27,7 @@ REPO = pathlib.Path(__file__).resolve().parent.parent
 def _args(**kw):
   defaults = dict(suite='acdc', methods=None, seeds='0,1', workdir='W', data_dir='/data',
                   labeled_num=7, profile='quick', steps=None, set=[], no_progress=True,
-                  table_only=False)
+                  table_only=False, export=None)
   return argparse.Namespace(**{**defaults, **kw})
 
 
@@ -157,6 +158,37 @@ def test_table_only_prints_the_finished_runs_and_trains_nothing(tmp_path, capsys
   assert '1 of 2 runs unfinished: meanteacher seed 0' in out
   assert not (tmp_path / 'meanteacher').exists()  # nothing started
   assert not (tmp_path / 'reproduce.json').exists()  # the training command's record is kept
+
+
+def test_exported_records_reprint_the_table_and_are_never_overwritten(tmp_path, capsys):
+  work, records = tmp_path / 'work', tmp_path / 'records'
+  runs = reproduce.plan(reproduce.select_methods('acdc', 'supervised,meanteacher'), [0],
+                        str(work))
+  _fake_run(pathlib.Path(runs[0].workdir), 'acdc_supervised', 0, [0.6, 0.8])
+  pathlib.Path(runs[0].workdir, 'metrics.jsonl').write_text('{"step": 10, "loss": 1.0}\n')
+  pathlib.Path(runs[0].workdir, 'checkpoints').mkdir()
+  os.makedirs(runs[1].workdir)  # unfinished: not exported
+  pathlib.Path(runs[1].workdir, 'config.json').write_text('{}')
+  argv = ['--suite', 'acdc', '--methods', 'supervised', '--seeds', '0', '--table-only']
+  assert reproduce.main([*argv, '--workdir', str(work), '--export', str(records)]) == 0
+  table = capsys.readouterr().out
+  assert sorted(p.name for p in (records / 'supervised' / 'seed_0').iterdir()) == [
+      'config.json', 'metrics.jsonl', 'results.json']
+  assert not (records / 'meanteacher').exists()
+  # Exporting the same runs again is a no-op.
+  assert reproduce.export_records(runs, str(work), str(records)) == 1
+  # The records alone print the same row, once the workdir is gone.
+  shutil.rmtree(work)
+  assert reproduce.main([*argv, '--workdir', str(records)]) == 0
+  def supervised_row(text):
+    return next(line for line in text.splitlines() if line.startswith('| supervised'))
+  assert supervised_row(capsys.readouterr().out) == supervised_row(table)
+  # Another run under the same name is refused, and the record kept.
+  _fake_run(work / 'supervised' / 'seed_0', 'acdc_supervised', 0, [0.1, 0.2])
+  before = (records / 'supervised' / 'seed_0' / 'results.json').read_text()
+  assert reproduce.main([*argv, '--workdir', str(work), '--export', str(records)]) == 2
+  assert 'already exported with other content' in capsys.readouterr().err
+  assert (records / 'supervised' / 'seed_0' / 'results.json').read_text() == before
 
 
 def test_refuses_to_reuse_runs_made_with_other_settings(tmp_path, capsys):
