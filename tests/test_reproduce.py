@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from conftest import write_ssl4mis_tree
+from jaxseg import compare
 from jaxseg import config as config_lib
 from jaxseg import reproduce
 from jaxseg import run as run_lib
@@ -274,3 +275,15 @@ def test_reproduction_resumes_after_a_kill_and_skips_finished_runs(tmp_path):
   val_row = next(l for l in (workdir / 'comparison_val.md').read_text().splitlines()
                  if l.startswith('| supervised'))
   assert val_row.split('|')[4].strip() == f'{np.mean(means) * 100:.2f} ± {np.std(means) * 100:.2f}'
+
+
+def test_committed_records_still_read():
+  """The records in experiments/records back BUILD_NOTES' tables: a config or results format
+  change must keep them readable (or convert them)."""
+  records = sorted((REPO / 'experiments' / 'records').glob('*/*/seed_*'))
+  assert records, 'experiments/records holds no run'
+  for workdir in records:
+    result = compare.read_run(str(workdir), 'val')
+    assert result.steps == result.config.steps, workdir
+    assert result.per_class_dice.shape[0] == 20, workdir  # ACDC's 20 validation volumes
+    assert result.config.seed == int(workdir.name.removeprefix('seed_')), workdir
