@@ -176,8 +176,9 @@ def test_exported_records_reprint_the_table_and_are_never_overwritten(tmp_path, 
   assert sorted(p.name for p in (records / 'supervised' / 'seed_0').iterdir()) == [
       'config.json', 'metrics.jsonl', 'results.json']
   assert not (records / 'meanteacher').exists()
-  # Exporting the same runs again is a no-op.
+  # Exporting the same runs again, or a workdir onto itself, is a no-op.
   assert reproduce.export_records(runs, str(work), str(records)) == 1
+  assert reproduce.export_records(runs, str(work), str(work)) == 0
   # The records alone print the same row, once the workdir is gone.
   shutil.rmtree(work)
   assert reproduce.main([*argv, '--workdir', str(records)]) == 0
@@ -285,5 +286,5 @@ def test_committed_records_still_read():
   for workdir in records:
     result = compare.read_run(str(workdir), 'val')
     assert result.steps == result.config.steps, workdir
-    assert result.per_class_dice.shape[0] == 20, workdir  # ACDC's 20 validation volumes
+    assert result.per_class_dice.size and np.isfinite(result.per_class_dice).all(), workdir
     assert result.config.seed == int(workdir.name.removeprefix('seed_')), workdir
