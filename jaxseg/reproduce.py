@@ -259,12 +259,11 @@ def export_records(runs: list[Run], workdir: str, dest: str) -> int:
       continue
     target = os.path.join(dest, os.path.relpath(run.workdir, workdir))
     for name in RECORD_FILES:
-      source = os.path.join(run.workdir, name)
+      source, copy = os.path.join(run.workdir, name), os.path.join(target, name)
       if not os.path.isfile(source):
         continue  # metrics.jsonl is absent for runs made before it was written
-      if not (os.path.exists(os.path.join(target, name))
-              and os.path.samefile(source, os.path.join(target, name))):  # DIR is the workdir
-        copies.append((source, os.path.join(target, name)))
+      if not (os.path.exists(copy) and os.path.samefile(source, copy)):  # DIR is the workdir
+        copies.append((source, copy))
   clashes = [t for s, t in copies if os.path.exists(t) and not filecmp.cmp(s, t, shallow=False)]
   if clashes:
     raise ConfigError(f'{clashes[0]}: already exported with other content '
